@@ -1,0 +1,128 @@
+"""One inference thread owns the session: a bounded queue, dynamic batching, futures back to handlers.
+
+A batch starts with the first queued item and closes when it holds `max_batch_size` items or
+`max_queue_delay` has passed since that first item was queued (not since the thread woke up).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(RuntimeError):
+    """The inference queue is at its bound; the client should retry later."""
+
+    http_status = 503
+
+
+class BatcherStopped(RuntimeError):
+    http_status = 503
+
+
+@dataclass
+class _Item:
+    tensor: np.ndarray
+    future: Future
+    queued_at: float = field(default_factory=time.monotonic)
+
+
+class Batcher:
+    """Collects tensors into batches for `model.run`; resolves each future with its row of scores."""
+
+    def __init__(self, model, *, max_batch_size: int, max_queue_delay_ms: float, max_queue_size: int,
+                 metrics=None):
+        self.model = model
+        self.max_batch_size = max_batch_size
+        self.max_delay = max_queue_delay_ms / 1000.0
+        self.max_queue_size = max_queue_size
+        self.metrics = metrics
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self.heartbeat = time.monotonic()
+        self._thread = threading.Thread(target=self._loop, name=f"inference-{model.name}", daemon=True)
+
+    def start(self) -> "Batcher":
+        self._thread.start()
+        return self
+
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def submit(self, tensors: list[np.ndarray]) -> list[Future]:
+        """Queue all tensors or none: raises QueueFull when they do not fit, BatcherStopped after stop()."""
+        items = [_Item(t, Future()) for t in tensors]
+        with self._cond:
+            if self._stopping:
+                raise BatcherStopped("the model is being unloaded")
+            if len(self._queue) + len(items) > self.max_queue_size:
+                raise QueueFull(f"inference queue is full ({self.max_queue_size} images)")
+            self._queue.extend(items)
+            self._cond.notify()
+        return [item.future for item in items]
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Refuse new work, finish everything queued, and end the thread (within `timeout`)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    def alive(self, stall_after: float) -> bool:
+        """True while the thread runs and has made progress within `stall_after` seconds."""
+        return self._thread.is_alive() and time.monotonic() - self.heartbeat < stall_after
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            self._run(batch)
+
+    def _next_batch(self) -> list[_Item] | None:
+        with self._cond:
+            while not self._queue:
+                if self._stopping:
+                    return None
+                self.heartbeat = time.monotonic()
+                self._cond.wait(timeout=1.0)
+            deadline = self._queue[0].queued_at + self.max_delay
+            while len(self._queue) < self.max_batch_size and not self._stopping:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(timeout=remaining)
+            count = min(self.max_batch_size, len(self._queue))
+            return [self._queue.popleft() for _ in range(count)]
+
+    def _run(self, batch: list[_Item]) -> None:
+        started = time.monotonic()
+        self.heartbeat = started
+        try:
+            scores = self.model.run(np.stack([item.tensor for item in batch]))
+        except Exception as exc:
+            log.exception("inference failed for a batch of %d", len(batch))
+            for item in batch:
+                item.future.set_exception(exc)
+            return
+        finished = time.monotonic()
+        self.heartbeat = finished
+        self._observe(batch, started, finished)
+        for item, row in zip(batch, scores):
+            item.future.set_result(row)
+
+    def _observe(self, batch: list[_Item], started: float, finished: float) -> None:
+        if self.metrics is None:
+            return
+        for item in batch:
+            self.metrics.observe_queue_wait(started - item.queued_at)
+        self.metrics.observe_batch(len(batch), finished - started)

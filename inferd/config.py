@@ -1,0 +1,309 @@
+"""The daemon's configuration: an INI file, overridden by environment variables, then by flags.
+
+`load(path, env, overrides)` returns a frozen `Config` or raises one `ConfigError` that lists every
+problem, each naming the file, section, key and bad value.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Callable, Mapping
+
+KNOWN_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
+
+
+class ConfigError(ValueError):
+    """Every problem found in one configuration, one per line."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be >= 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be 0..65535")
+    return value
+
+
+def _boolean(text: str) -> bool:
+    states = configparser.ConfigParser.BOOLEAN_STATES
+    if text.lower() not in states:
+        raise ValueError("must be true or false")
+    return states[text.lower()]
+
+
+def _formats(text: str) -> frozenset[str]:
+    names = frozenset(text.upper().replace(",", " ").split())
+    unknown = names - KNOWN_FORMATS
+    if unknown or not names:
+        raise ValueError(f"choose from {' '.join(sorted(KNOWN_FORMATS))}")
+    return names
+
+
+def _log_level(text: str) -> str:
+    if text.lower() not in {"debug", "info", "warning", "error"}:
+        raise ValueError("must be debug, info, warning or error")
+    return text.lower()
+
+
+def _text(text: str) -> str:
+    return text
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_connections: int = 64
+    request_timeout: float = 30.0
+    drain_timeout: float = 10.0
+    admin_token: str = ""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = "models/efficientnet-lite0"
+    onnx_file: str = ""
+    labels_file: str = ""
+    top_k: int = 5
+    intra_op_threads: int = 0
+    inter_op_threads: int = 1
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    max_batch_size: int = 8
+    max_queue_delay_ms: float = 2.0
+    max_queue_size: int = 128
+    request_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_files_per_batch: int = 32
+    max_parts: int = 64
+    max_part_header_bytes: int = 8192
+    max_header_count: int = 64
+    max_header_bytes: int = 16384
+    max_request_line: int = 8192
+    max_image_pixels: int = 64_000_000
+    allowed_formats: frozenset = KNOWN_FORMATS
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "info"
+    access_log: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    source: str = "<defaults>"
+
+    def model_dir(self) -> Path:
+        """The model directory; a relative path is taken from the config file's directory."""
+        return _resolve(self.model.path, self.source)
+
+    def model_file(self) -> Path:
+        return _resolve(self.model.onnx_file, self.source) if self.model.onnx_file else self.model_dir() / "model.onnx"
+
+    def labels_path(self) -> Path:
+        return _resolve(self.model.labels_file, self.source) if self.model.labels_file else self.model_dir() / "labels.txt"
+
+
+SECTIONS: dict[str, type] = {
+    "server": ServerConfig,
+    "model": ModelConfig,
+    "batching": BatchingConfig,
+    "limits": LimitsConfig,
+    "logging": LoggingConfig,
+}
+
+PARSERS: dict[tuple[str, str], Callable[[str], object]] = {
+    ("server", "host"): _text,
+    ("server", "port"): _port,
+    ("server", "max_connections"): _positive_int,
+    ("server", "request_timeout"): _positive_float,
+    ("server", "drain_timeout"): _non_negative_float,
+    ("server", "admin_token"): _text,
+    ("model", "path"): _text,
+    ("model", "onnx_file"): _text,
+    ("model", "labels_file"): _text,
+    ("model", "top_k"): _positive_int,
+    ("model", "intra_op_threads"): _non_negative_int,
+    ("model", "inter_op_threads"): _positive_int,
+    ("batching", "max_batch_size"): _positive_int,
+    ("batching", "max_queue_delay_ms"): _non_negative_float,
+    ("batching", "max_queue_size"): _positive_int,
+    ("batching", "request_timeout"): _positive_float,
+    ("limits", "max_body_bytes"): _positive_int,
+    ("limits", "max_files_per_batch"): _positive_int,
+    ("limits", "max_parts"): _positive_int,
+    ("limits", "max_part_header_bytes"): _positive_int,
+    ("limits", "max_header_count"): _positive_int,
+    ("limits", "max_header_bytes"): _positive_int,
+    ("limits", "max_request_line"): _positive_int,
+    ("limits", "max_image_pixels"): _positive_int,
+    ("limits", "allowed_formats"): _formats,
+    ("logging", "level"): _log_level,
+    ("logging", "access_log"): _boolean,
+}
+
+PATH_KEYS = {("model", "path"), ("model", "onnx_file"), ("model", "labels_file")}
+
+# The reference design's variables, kept so its deployments move over unchanged.
+LEGACY_ENV = {
+    "MODEL_PATH": ("model", "path"),
+    "LABELS_PATH": ("model", "labels_file"),
+    "TOP_K": ("model", "top_k"),
+    "NUM_THREADS": ("model", "intra_op_threads"),
+}
+
+
+def _resolve(path: str, source: str) -> Path:
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute() or not source.startswith("/"):
+        return candidate
+    return Path(source).parent / candidate
+
+
+def env_overrides(env: Mapping[str, str]) -> dict[tuple[str, str], tuple[str, str]]:
+    """Map INFERD_<SECTION>_<KEY> and the legacy variables to {(section, key): (value, origin)}."""
+    found = {}
+    for name, where in LEGACY_ENV.items():
+        if name in env:
+            found[where] = (env[name], f"environment {name}")
+    for section, key in PARSERS:
+        name = f"INFERD_{section}_{key}".upper()
+        if name in env:
+            found[(section, key)] = (env[name], f"environment {name}")
+    if ("model", "path") in found:
+        found.update(_split_model_file(*found[("model", "path")]))
+    return found
+
+
+def _split_model_file(value: str, origin: str) -> dict:
+    """MODEL_PATH may name the .onnx file itself (reference design); its directory is the model dir."""
+    if not value.endswith(".onnx"):
+        return {}
+    return {("model", "path"): (str(Path(value).parent), origin), ("model", "onnx_file"): (value, origin)}
+
+
+def parse(text: str, source: str = "<string>", env: Mapping[str, str] | None = None,
+          overrides: Mapping[tuple[str, str], str] | None = None) -> Config:
+    """Build a Config from INI text, then env, then overrides ({(section, key): value}).
+
+    Raises ConfigError naming source, section, key and value for every problem found.
+    """
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"), strict=True)
+    try:
+        parser.read_string(text, source=source)
+    except configparser.Error as exc:
+        raise ConfigError([f"{source}: {exc}"]) from None
+    raw, problems = _collect(parser, source)
+    outside = env_overrides(env or {})
+    outside.update({where: (value, "command line") for where, value in (overrides or {}).items()})
+    raw.update(_absolute_paths(outside))
+    values = _convert(raw, problems)
+    if problems:
+        raise ConfigError(problems)
+    return Config(source=source, **{
+        section: cls(**{key: value for (s, key), value in values.items() if s == section})
+        for section, cls in SECTIONS.items()
+    })
+
+
+def _absolute_paths(raw: dict) -> dict:
+    """Paths from the environment or flags are relative to the working directory, not the file."""
+    return {where: (os.path.abspath(value) if where in PATH_KEYS and value else value, origin)
+            for where, (value, origin) in raw.items()}
+
+
+def _collect(parser: configparser.ConfigParser, source: str) -> tuple[dict, list[str]]:
+    raw, problems = {}, []
+    for section in parser.sections():
+        if section not in SECTIONS:
+            problems.append(f"{source}: unknown section [{section}]")
+            continue
+        for key, value in parser.items(section):
+            if (section, key) not in PARSERS:
+                problems.append(f"{source}: [{section}] unknown key {key!r}")
+            else:
+                raw[(section, key)] = (value, source)
+    return raw, problems
+
+
+def _convert(raw: dict, problems: list[str]) -> dict:
+    values = {}
+    for (section, key), (text, origin) in raw.items():
+        try:
+            values[(section, key)] = PARSERS[(section, key)](text.strip())
+        except ValueError as exc:
+            problems.append(f"{origin}: [{section}] {key} = {text!r}: {exc}")
+    return values
+
+
+def load(path: str | os.PathLike, env: Mapping[str, str] | None = None,
+         overrides: Mapping[tuple[str, str], str] | None = None) -> Config:
+    """Read and parse the file at `path`; a missing or unreadable file is a ConfigError."""
+    source = str(Path(path).resolve())
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{source}: cannot read config: {exc}"]) from None
+    return parse(text, source, env, overrides)
+
+
+def defaults_as_ini() -> str:
+    """Every key with its default, in INI form (the shape of inferd.conf.example)."""
+    lines = []
+    for section, cls in SECTIONS.items():
+        lines.append(f"[{section}]")
+        for f in fields(cls):
+            default = f.default
+            if isinstance(default, frozenset):
+                default = " ".join(sorted(default))
+            elif isinstance(default, bool):
+                default = str(default).lower()
+            lines.append(f"{f.name} = {default}")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,215 @@
+"""The model directory: manifest (model.ini), labels, an onnxruntime session, warm-up and top-k.
+
+A model fails at load time, never on its first request: `load()` checks providers, the input and
+output shapes against the manifest and the labels, and runs one warm-up batch.
+"""
+
+from __future__ import annotations
+
+import configparser
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .preprocess import FILTERS, InputSpec
+
+PROVIDER = "CPUExecutionProvider"
+
+
+class ModelError(RuntimeError):
+    """The model directory cannot be served; the message says which file and why."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    input: InputSpec
+    softmax: bool
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    index: int
+    confidence: float
+
+    def as_dict(self) -> dict:
+        return {"label": self.label, "index": self.index, "confidence": self.confidence}
+
+
+def read_manifest(path: Path) -> Manifest:
+    """Parse model.ini; raises ModelError naming the file, section and key."""
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"))
+    try:
+        if not parser.read(path, encoding="utf-8"):
+            raise ModelError(f"{path}: missing (a model directory needs model.ini)")
+        return Manifest(
+            name=parser.get("model", "name"),
+            input=_input_spec(parser, path),
+            softmax=parser.getboolean("output", "softmax", fallback=True),
+        )
+    except (configparser.Error, ValueError) as exc:
+        raise ModelError(f"{path}: {exc}") from None
+
+
+def _input_spec(parser: configparser.ConfigParser, path: Path) -> InputSpec:
+    section = parser["input"]
+    spec = InputSpec(
+        size=section.getint("size"),
+        resize=section.getint("resize", fallback=section.getint("size")),
+        interpolation=section.get("interpolation", "bilinear").lower(),
+        mean=_triple(section.get("mean", "0 0 0"), "mean"),
+        std=_triple(section.get("std", "1 1 1"), "std"),
+        layout=section.get("layout", "NCHW").upper(),
+        value_range=section.getfloat("value_range", fallback=255.0),
+    )
+    problems = []
+    if spec.interpolation not in FILTERS:
+        problems.append(f"[input] interpolation {spec.interpolation!r}: choose from {', '.join(FILTERS)}")
+    if spec.layout not in ("NCHW", "NHWC"):
+        problems.append(f"[input] layout {spec.layout!r}: must be NCHW or NHWC")
+    if spec.size < 1 or spec.resize < spec.size:
+        problems.append(f"[input] size {spec.size} / resize {spec.resize}: need 1 <= size <= resize")
+    if spec.value_range not in (1.0, 255.0):
+        problems.append(f"[input] value_range {spec.value_range}: must be 1 or 255")
+    if any(s == 0 for s in spec.std):
+        problems.append("[input] std: must not be 0")
+    if problems:
+        raise ModelError(f"{path}: " + "; ".join(problems))
+    return spec
+
+
+def _triple(text: str, key: str) -> tuple[float, float, float]:
+    values = tuple(float(v) for v in text.replace(",", " ").split())
+    if len(values) != 3:
+        raise ValueError(f"[input] {key} needs three numbers (R G B), got {text!r}")
+    return values
+
+
+def read_labels(path: Path) -> tuple[str, ...]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path}: cannot read labels: {exc}") from None
+    labels = tuple(line.strip() for line in lines if line.strip())
+    if not labels:
+        raise ModelError(f"{path}: no labels")
+    return labels
+
+
+class Model:
+    """A loaded, warmed-up model. `run` is called by one inference thread only."""
+
+    def __init__(self, manifest: Manifest, labels: tuple[str, ...], session: ort.InferenceSession,
+                 sha256: str, path: Path):
+        self.manifest = manifest
+        self.labels = labels
+        self.session = session
+        self.sha256 = sha256
+        self.path = path
+        self.input_name = session.get_inputs()[0].name
+        self.output_name = session.get_outputs()[0].name
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    def input_shape(self) -> tuple[int, int, int]:
+        size = self.manifest.input.size
+        return (3, size, size) if self.manifest.input.layout == "NCHW" else (size, size, 3)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Scores (N, classes) for a float32 batch; probabilities when the manifest asks for softmax."""
+        (scores,) = self.session.run([self.output_name], {self.input_name: batch})
+        scores = scores.reshape(scores.shape[0], -1)
+        return softmax(scores) if self.manifest.softmax else scores
+
+    def top_k(self, scores: np.ndarray, k: int) -> list[Prediction]:
+        """The k best classes of one row of `run`'s output, best first."""
+        k = min(k, scores.shape[0])
+        best = np.argpartition(-scores, k - 1)[:k]
+        best = best[np.argsort(-scores[best], kind="stable")]
+        return [Prediction(self.labels[i], int(i), round(float(scores[i]), 6)) for i in best]
+
+    def describe(self) -> dict:
+        return {"name": self.name, "sha256": self.sha256, "labels": len(self.labels),
+                "input": list(self.input_shape()), "layout": self.manifest.input.layout}
+
+
+def softmax(scores: np.ndarray) -> np.ndarray:
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    exp = np.exp(shifted, dtype=np.float32)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def load(model_dir: Path, model_file: Path, labels_file: Path, *, intra_op_threads: int = 0,
+         inter_op_threads: int = 1, warmup_batch: int = 1) -> Model:
+    """Load, check and warm up a model; raises ModelError with a reason an operator can act on."""
+    manifest = read_manifest(model_dir / "model.ini")
+    labels = read_labels(labels_file)
+    data = _read_model_bytes(model_file)
+    session = _session(data, model_file, intra_op_threads or available_cores(), inter_op_threads)
+    model = Model(manifest, labels, session, hashlib.sha256(data).hexdigest(), model_file)
+    _check_shapes(model, model_file)
+    warm_up(model, warmup_batch)
+    return model
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _read_model_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read model: {exc.strerror or exc}") from None
+
+
+def _session(data: bytes, path: Path, intra: int, inter: int) -> ort.InferenceSession:
+    if PROVIDER not in ort.get_available_providers():
+        raise ModelError(f"onnxruntime has no {PROVIDER}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra
+    options.inter_op_num_threads = inter
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(data, sess_options=options, providers=[PROVIDER])
+    except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs
+        raise ModelError(f"{path}: onnxruntime cannot load it: {str(exc).splitlines()[0][:300]}") from None
+
+
+def _check_shapes(model: Model, path: Path) -> None:
+    inputs, outputs = model.session.get_inputs(), model.session.get_outputs()
+    if len(inputs) != 1:
+        raise ModelError(f"{path}: expected one input, found {len(inputs)}")
+    declared = inputs[0].shape
+    if len(declared) != 4:
+        raise ModelError(f"{path}: input {inputs[0].name} has shape {declared}; expected rank 4")
+    for got, want in zip(declared[1:], model.input_shape()):
+        if isinstance(got, int) and got != want:
+            raise ModelError(f"{path}: input shape {declared} does not fit the manifest "
+                             f"({model.manifest.input.layout}, size {model.manifest.input.size})")
+    classes = outputs[0].shape[-1]
+    if isinstance(classes, int) and classes != len(model.labels):
+        raise ModelError(f"{path}: model has {classes} classes but labels.txt has {len(model.labels)}")
+
+
+def warm_up(model: Model, batch_size: int) -> None:
+    """One run per batch shape that serving will see first; also proves the graph executes."""
+    for n in sorted({1, batch_size}):
+        try:
+            scores = model.run(np.zeros((n, *model.input_shape()), dtype=np.float32))
+        except Exception as exc:
+            raise ModelError(f"{model.path}: warm-up run failed: {str(exc).splitlines()[0][:300]}") from None
+        if scores.shape != (n, len(model.labels)):
+            raise ModelError(f"{model.path}: output shape {scores.shape}; expected ({n}, {len(model.labels)})")
