@@ -102,7 +102,11 @@ def classify(state, metrics, uploads: list[Upload], top_k: int) -> list:
     timeout = state.config.batching.request_timeout
     for i, result in enumerate(results):
         if not isinstance(result, Exception):
-            scores = _wait(next(futures), submitted, timeout)
+            try:
+                scores = _wait(next(futures), submitted, timeout)
+            except Exception:
+                metrics.observe_image("error")
+                raise
             results[i] = {"predictions": [p.as_dict() for p in state.model.top_k(scores, top_k)],
                           "inference_time_ms": _ms(time.monotonic() - submitted)}
             metrics.observe_image("ok")

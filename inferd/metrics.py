@@ -108,15 +108,15 @@ class _Family:
         """Every name this family puts on the wire, in either format (for clash detection)."""
         return (self.name,)
 
+    def _key(self, labelvalues: dict[str, str]) -> tuple[str, ...]:
+        if len(labelvalues) != len(self.labelnames) or not all(n in labelvalues for n in self.labelnames):
+            raise ValueError(f"{self.name}: expected labels {self.labelnames}, got {tuple(labelvalues)}")
+        return tuple(str(labelvalues[n]) for n in self.labelnames)
+
     def labels(self, **labelvalues: str):
         """Return the child for these label values, creating it on first use. Raises ValueError
         unless exactly the family's label names are given."""
-        try:
-            key = tuple(str(labelvalues[n]) for n in self.labelnames)
-        except KeyError:
-            key = None
-        if key is None or len(labelvalues) != len(self.labelnames):
-            raise ValueError(f"{self.name}: expected labels {self.labelnames}, got {tuple(labelvalues)}")
+        key = self._key(labelvalues)
         child = self._children.get(key)
         if child is None:
             with self._lock:
@@ -125,7 +125,7 @@ class _Family:
 
     def remove(self, **labelvalues: str) -> None:
         """Forget the child for these label values (it disappears from the output)."""
-        key = tuple(str(labelvalues[n]) for n in self.labelnames)
+        key = self._key(labelvalues)
         with self._lock:
             self._children.pop(key, None)
 
@@ -302,12 +302,10 @@ class _HistogramChild:
         self._counts[index] += 1
         self._sum += value
 
-    def count(self) -> int:
+    def get(self) -> tuple[int, float]:
+        """(count, sum) of the observations so far."""
         with self._lock:
-            return sum(self._counts)
-
-    def sum(self) -> float:
-        return self._sum
+            return sum(self._counts), self._sum
 
     def _copy_locked(self):
         return list(self._counts), self._sum
@@ -469,7 +467,10 @@ class ProcessCollector:
             self._ticks = os.sysconf("SC_CLK_TCK")
         except (ValueError, OSError, AttributeError):
             self._ticks = 100
-        self._pagesize = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        try:
+            self._pagesize = os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            self._pagesize = 4096
         self._btime = 0.0
         try:
             with open(os.path.join(proc, "stat"), "rb") as f:
@@ -627,7 +628,8 @@ class InferdMetrics:
         seconds is negative or NaN."""
         route = route_label(route_path)
         method = method if method in METHODS else "other"
-        code = str(status) if type(status) is int and 100 <= status <= 599 else "other"
+        # int() so that an HTTPStatus member gives "200", not "HTTPStatus.OK" (str() on 3.10).
+        code = str(int(status)) if isinstance(status, int) and 100 <= status <= 599 else "other"
         key = (route, method, code)
         counter = self._request_children.get(key)
         if counter is None:
@@ -860,6 +862,6 @@ def render(registry_or_metrics: Registry | InferdMetrics, kind: str) -> tuple[st
     if kind == "json":
         if not isinstance(registry_or_metrics, InferdMetrics):
             raise TypeError("the JSON view needs an InferdMetrics")
-        body = json.dumps(registry_or_metrics.snapshot_json(), allow_nan=False, sort_keys=False)
+        body = json.dumps(registry_or_metrics.snapshot_json(), allow_nan=False)
         return CONTENT_TYPE_JSON, body.encode("utf-8")
     raise ValueError(f"unknown metrics kind {kind!r}")

@@ -128,7 +128,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         # 16/32-bit grey: Pillow's convert("L") clips instead of scaling.
         grey = np.asarray(image, dtype=np.float32)
         peak = 65535.0 if image.mode.startswith("I;16") else max(float(grey.max()), 1.0)
-        image = Image.fromarray(np.clip(grey * (255.0 / peak), 0, 255).astype(np.uint8), "L")
+        image = Image.fromarray(np.clip(grey * (255.0 / peak), 0, 255).astype(np.uint8))
     if image.mode == "P":
         image = image.convert("RGBA")
     return image.convert("RGB")

@@ -1,0 +1,98 @@
+"""Config: INI + environment + flags, every error naming file, section, key and value."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from inferd import config
+from inferd.config import Config, ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_example_file_lists_every_key_with_its_default():
+    parsed = config.load(REPO / "inferd.conf.example")
+    assert parsed == Config(source=parsed.source)
+    text = (REPO / "inferd.conf.example").read_text()
+    for section, key in config.PARSERS:
+        assert f"\n{key} =" in text, f"[{section}] {key} missing from inferd.conf.example"
+
+
+def test_example_runs_from_a_checkout():
+    parsed = config.load(REPO / "inferd.conf.example")
+    assert parsed.model_dir() == REPO / "models" / "efficientnet-lite0"
+
+
+def test_values_are_converted():
+    parsed = config.parse("[server]\nport = 9000\n[batching]\nmax_queue_delay_ms = 0.5\n"
+                          "[limits]\nallowed_formats = jpeg, png\n[logging]\naccess_log = no\n")
+    assert parsed.server.port == 9000
+    assert parsed.batching.max_queue_delay_ms == 0.5
+    assert parsed.limits.allowed_formats == frozenset({"JPEG", "PNG"})
+    assert parsed.logging.access_log is False
+
+
+def test_every_problem_is_reported_at_once_with_its_location():
+    with pytest.raises(ConfigError) as caught:
+        config.parse("[server]\nport = eighty\nmax_connections = 0\ncolour = blue\n[extra]\nx = 1\n",
+                     source="/etc/inferd/inferd.conf")
+    problems = caught.value.problems
+    assert len(problems) == 4
+    assert "/etc/inferd/inferd.conf: [server] port = 'eighty'" in problems[-2] or any(
+        "[server] port = 'eighty'" in p for p in problems)
+    assert any("[server] max_connections = '0': must be >= 1" in p for p in problems)
+    assert any("[server] unknown key 'colour'" in p for p in problems)
+    assert any("unknown section [extra]" in p for p in problems)
+    assert all(p.startswith("/etc/inferd/inferd.conf") for p in problems)
+
+
+def test_syntax_errors_name_the_file():
+    with pytest.raises(ConfigError, match="broken.conf"):
+        config.parse("no section header\n", source="broken.conf")
+
+
+def test_missing_file_is_an_error_not_defaults(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config"):
+        config.load(tmp_path / "absent.conf")
+
+
+def test_environment_overrides_file_and_flags_override_environment():
+    text = "[server]\nport = 9000\n[model]\ntop_k = 3\n"
+    env = {"INFERD_SERVER_PORT": "9001", "TOP_K": "7"}
+    assert config.parse(text, env=env).server.port == 9001
+    assert config.parse(text, env=env).model.top_k == 7
+    assert config.parse(text, env=env, overrides={("server", "port"): "9002"}).server.port == 9002
+
+
+def test_bad_environment_value_names_the_variable():
+    with pytest.raises(ConfigError, match="environment NUM_THREADS"):
+        config.parse("", env={"NUM_THREADS": "many"})
+
+
+def test_reference_model_path_may_name_the_onnx_file(tmp_path):
+    onnx_file = tmp_path / "resnet50.onnx"
+    parsed = config.parse("", env={"MODEL_PATH": str(onnx_file), "LABELS_PATH": "labels.txt"})
+    assert parsed.model_file() == onnx_file
+    assert parsed.model_dir() == tmp_path
+    assert parsed.labels_path() == Path("labels.txt").resolve()
+
+
+def test_relative_model_path_is_relative_to_the_config_file(tmp_path):
+    (tmp_path / "inferd.conf").write_text("[model]\npath = mymodel\n")
+    assert config.load(tmp_path / "inferd.conf").model_dir() == tmp_path / "mymodel"
+
+
+def test_check_config_flag_exits_2_with_the_key_named(tmp_path):
+    bad = tmp_path / "bad.conf"
+    bad.write_text("[batching]\nmax_batch_size = -1\n")
+    result = subprocess.run([sys.executable, "-m", "inferd", "--config", str(bad), "--check-config"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "[batching] max_batch_size = '-1': must be >= 1" in result.stderr
+    good = subprocess.run([sys.executable, "-m", "inferd", "--config", str(REPO / "inferd.conf.example"),
+                           "--check-config"], capture_output=True, text=True, timeout=60)
+    assert good.returncode == 0, good.stderr
