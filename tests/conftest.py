@@ -138,7 +138,7 @@ class DaemonProcess:
 def start_daemon(tmp_path):
     """start_daemon(config_text, env=None, args=()) -> a DaemonProcess that has sent READY=1.
 
-    The config is written to tmp_path/inferd.conf; port 0 unless the text sets one.
+    `env` entries override the test's environment; a None value removes the variable. The config is written to tmp_path/inferd.conf; port 0 unless the text sets one.
     """
     started: list[DaemonProcess] = []
 
@@ -148,6 +148,7 @@ def start_daemon(tmp_path):
         notify = NotifySocket(tmp_path)
         log_path = tmp_path / f"daemon-{len(started)}.log"
         environment = {**os.environ, "NOTIFY_SOCKET": notify.path, "INFERD_SERVER_PORT": "0", **(env or {})}
+        environment = {key: value for key, value in environment.items() if value is not None}
         with open(log_path, "wb") as log:
             proc = subprocess.Popen([sys.executable, "-m", "inferd", "--config", str(config_path), *args],
                                     env=environment, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)

@@ -1,0 +1,164 @@
+"""The daemon as a process: real signals, real reloads, real exit codes."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import requests
+from PIL import Image
+
+from conftest import EXPECTED_TOP1, REPO
+
+
+def solid_png(rgb) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), rgb).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def health(daemon) -> dict:
+    return requests.get(f"{daemon.url}/health", timeout=10).json()
+
+
+def copy_model(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+def test_sighup_reloads_the_config_and_the_model(start_daemon, tmp_path, tiny_model_dir, default_model_dir):
+    daemon = start_daemon(f"[model]\npath = {tiny_model_dir}\n")
+    tiny_sha = health(daemon)["model"]["sha256"]
+    (tmp_path / "inferd.conf").write_text(f"[model]\npath = {default_model_dir}\n")
+    daemon.signal(signal.SIGHUP)
+    daemon.notify.wait_for("RELOADING", "1")
+    ready = [m for m in daemon.notify.messages if m.get("READY") == "1"]
+    daemon.notify.messages = daemon.notify.messages[daemon.notify.messages.index(ready[0]) + 1:]
+    daemon.notify.wait_for("READY", "1")
+    after = health(daemon)["model"]
+    assert after["name"] == "efficientnet-lite0" and after["sha256"] != tiny_sha
+
+
+def test_reloading_reports_monotonic_usec(start_daemon, tiny_model_dir):
+    daemon = start_daemon(f"[model]\npath = {tiny_model_dir}\n")
+    daemon.signal(signal.SIGHUP)
+    message = daemon.notify.wait_for("RELOADING", "1")
+    assert int(message["MONOTONIC_USEC"]) > 0
+
+
+def test_failed_reload_keeps_the_old_model_serving(start_daemon, tmp_path, tiny_model_dir):
+    model = copy_model(tiny_model_dir, tmp_path / "model")
+    daemon = start_daemon(f"[model]\npath = {model}\n")
+    before = health(daemon)["model"]["sha256"]
+    (model / "model.onnx").write_bytes(b"this is not an onnx graph")
+    response = requests.post(f"{daemon.url}/admin/reload", timeout=60)
+    assert response.status_code == 500
+    error = response.json()["error"]
+    assert "previous model keeps serving" in error and "onnxruntime cannot load" in error
+    assert health(daemon)["model"]["sha256"] == before
+    served = requests.post(f"{daemon.url}/infer", files={"file": ("red.png", solid_png((255, 0, 0)))}, timeout=30)
+    assert served.status_code == 200 and served.json()["predictions"][0]["index"] == 900
+    assert "reload failed" in daemon.log()
+
+
+def test_bad_config_on_reload_keeps_serving(start_daemon, tmp_path, tiny_model_dir):
+    daemon = start_daemon(f"[model]\npath = {tiny_model_dir}\n")
+    (tmp_path / "inferd.conf").write_text("[batching]\nmax_batch_size = zero\n")
+    response = requests.post(f"{daemon.url}/admin/reload", timeout=60)
+    assert response.status_code == 500 and "max_batch_size" in response.json()["error"]
+    assert health(daemon)["status"] == "ok"
+
+
+def test_admin_reload_answers_after_the_new_model_serves(start_daemon, tmp_path, tiny_model_dir,
+                                                         default_model_dir):
+    daemon = start_daemon(f"[model]\npath = {tiny_model_dir}\n")
+    (tmp_path / "inferd.conf").write_text(f"[model]\npath = {default_model_dir}\n")
+    response = requests.post(f"{daemon.url}/admin/reload", timeout=60)
+    assert response.status_code == 200
+    assert response.json()["message"] == "Model reloaded successfully"
+    assert response.json()["model"]["name"] == "efficientnet-lite0"
+    assert health(daemon)["model"]["name"] == "efficientnet-lite0"
+
+
+def test_sigterm_drains_requests_in_flight_then_exits_0(start_daemon, default_model_dir, images):
+    daemon = start_daemon(f"[model]\npath = {default_model_dir}\n[server]\ndrain_timeout = 20\n")
+    keep_alive = requests.Session()
+    assert keep_alive.get(f"{daemon.url}/health", timeout=5).status_code == 200
+    body = images["cat.jpg"]
+    in_flight = socket.create_connection(("127.0.0.1", int(daemon.url.rsplit(":", 1)[1])))
+    in_flight.sendall(b"POST /infer HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                      + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:100])
+    while requests.get(f"{daemon.url}/metrics", timeout=5).json()["requests_in_flight"] < 2:
+        pass  # until the half-sent request is being handled (this scrape is the other one)
+    daemon.signal(signal.SIGTERM)
+    daemon.notify.wait_for("STOPPING", "1")
+    draining = keep_alive.get(f"{daemon.url}/health", timeout=5)
+    assert draining.status_code == 503 and draining.json()["status"] == "draining"
+    in_flight.sendall(body[100:])
+    answer = in_flight.makefile("rb").read().decode()
+    assert answer.startswith("HTTP/1.1 200") and "Connection: close" in answer
+    assert '"tiger cat"' in answer
+    assert daemon.proc.wait(timeout=20) == 0
+
+
+def test_idle_keep_alive_connection_does_not_delay_stop(start_daemon, tiny_model_dir):
+    daemon = start_daemon(f"[model]\npath = {tiny_model_dir}\n[server]\nrequest_timeout = 120\n")
+    session = requests.Session()
+    assert session.get(f"{daemon.url}/health", timeout=5).status_code == 200  # connection stays open
+    daemon.signal(signal.SIGTERM)
+    assert daemon.proc.wait(timeout=10) == 0
+    session.close()
+
+
+def test_missing_model_exits_1_with_the_reason(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "inferd", "--model", str(tmp_path / "nothing"), "--port", "0"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "model.ini" in result.stderr and "missing" in result.stderr
+
+
+def test_config_error_exits_2_naming_the_key(tmp_path):
+    (tmp_path / "bad.conf").write_text("[server]\nport = 99999\n")
+    result = subprocess.run([sys.executable, "-m", "inferd", "--config", str(tmp_path / "bad.conf")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "[server] port = '99999': must be 0..65535" in result.stderr
+
+
+def test_journal_stream_gets_priority_prefixes_and_no_timestamps(start_daemon, tiny_model_dir):
+    daemon = start_daemon(f"[model]\npath = {tiny_model_dir}\n", env={"JOURNAL_STREAM": "8:1234"})
+    requests.get(f"{daemon.url}/health", timeout=5)
+    assert daemon.stop() == 0
+    lines = [line for line in daemon.log().splitlines() if line]
+    assert lines and all(line[0] == "<" and line[2] == ">" for line in lines), lines
+    assert any(line.startswith("<6>inferd.daemon: serving") for line in lines)
+
+
+def test_serving_creates_no_telemetry_device_id(start_daemon, default_model_dir, images, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    # No opt-out inherited from the test runner: the daemon must set it itself.
+    env = {"HOME": str(home), "XDG_CACHE_HOME": None, "ORT_DISABLE_TELEMETRY": None}
+    daemon = start_daemon(f"[model]\npath = {default_model_dir}\n", env=env)
+    answer = requests.post(f"{daemon.url}/infer", files={"file": ("cat.jpg", images["cat.jpg"])}, timeout=60)
+    assert answer.status_code == 200
+    assert daemon.stop() == 0
+    created = [str(p.relative_to(home)) for p in home.rglob("*")]
+    assert created == [], f"files written under HOME: {created}"
+
+
+def test_python_dash_m_and_console_script_agree():
+    script = Path(sys.executable).parent / "inferd"
+    if not script.exists():
+        pytest.skip("console script not installed in this environment")
+    result = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and "inferd 0.1.0" in result.stdout
+    assert (REPO / "inferd" / "__main__.py").exists()
