@@ -57,6 +57,8 @@ def read_manifest(path: Path) -> Manifest:
 
 
 def _input_spec(parser: configparser.ConfigParser, path: Path) -> InputSpec:
+    if not parser.has_section("input"):
+        raise ValueError("no [input] section")
     section = parser["input"]
     spec = InputSpec(
         size=section.getint("size"),
