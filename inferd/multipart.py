@@ -8,9 +8,10 @@ Leniencies, chosen because real clients need them:
 - a preamble before the first boundary and an epilogue after the last are ignored (RFC 2046 §5.1.1);
 - transport padding (spaces, tabs) between a boundary and its CRLF is skipped;
 - header names and Content-Disposition parameter names are case-insensitive;
-- quoted parameter values unescape backslash-quote and backslash-backslash (curl, RFC 7230
-  quoted-string) but keep any other backslash (old browsers send "C:\\dir\\x.png"), then "%22"
-  becomes '"' (how browsers escape a quote, WHATWG HTML "multipart/form-data encoding");
+- quoted parameter values unescape backslash-quote and backslash-backslash (RFC 7230
+  quoted-string) but keep any other backslash (old browsers send "C:\\dir\\x.png"); a value that
+  only parses without escapes (filename="dir\\") is taken verbatim; then "%22" becomes '"' (how
+  browsers, curl, urllib3 and httpx escape a quote: WHATWG HTML "multipart/form-data encoding");
 - name*= and filename*= (RFC 5987, UTF-8 or ISO-8859-1) are decoded and preferred;
 - a part without Content-Type has content_type None; a body with no parts at all is accepted.
 
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, Iterator, List, Tuple, Union
+from typing import Iterable, Iterator, Union
 from urllib.parse import unquote_to_bytes
 
 __all__ = [
@@ -67,7 +68,7 @@ class PartStart:
     name: str
     filename: str | None
     content_type: str | None
-    headers: Tuple[Tuple[str, str], ...]
+    headers: tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # One parameter: key = "quoted-string" or key = bare value, up to the next ';' or the end.
 # The second alternative takes a quoted value verbatim when escape-aware reading fails, as for
-# curl's and browsers' filename="dir\\" (WHATWG form encoding never backslash-escapes).
+# filename="dir\" from curl or a browser (WHATWG form encoding never backslash-escapes).
 _PARAM = re.compile(
     r'([^\s=;"]+)[ \t]*=[ \t]*'
     r'(?:"((?:[^"\\]|\\.)*)"[ \t]*(?=;|\Z)|"([^"]*)"[ \t]*(?=;|\Z)|([^;"]*)(?=;|\Z))',
@@ -175,7 +176,7 @@ class MultipartParser:
         self._padded = False
         self._header_scanned = 0
 
-    def feed(self, chunk: bytes) -> List[Event]:
+    def feed(self, chunk: bytes) -> list[Event]:
         """Consume the next piece of the body; return the events it completed, in order.
 
         Raises LimitExceeded when a limit is crossed and MultipartError for a malformed body.
@@ -188,14 +189,14 @@ class MultipartParser:
             if self._state == _EPILOGUE:
                 return []
             data = self._tail + chunk if self._tail else bytes(chunk)
-            events: List[Event] = []
+            events: list[Event] = []
             self._tail = data[self._parse(data, events):]
             return events
         except MultipartError:
             self._state = _FAILED
             raise
 
-    def close(self) -> List[Event]:
+    def close(self) -> list[Event]:
         """Declare the end of the body; raise MultipartError unless the final boundary came."""
         self._check_usable()
         state, self._state = self._state, _FAILED
@@ -212,7 +213,7 @@ class MultipartParser:
         if self._state == _CLOSED:
             raise MultipartError("parser is closed")
 
-    def _parse(self, data: bytes, events: List[Event]) -> int:
+    def _parse(self, data: bytes, events: list[Event]) -> int:
         """Run the state machine over data; return how many leading bytes it consumed."""
         delimiter = self._delimiter
         end = len(data)
@@ -276,13 +277,13 @@ class MultipartParser:
             cr = data.find(b"\r", cr + 1)
         return len(data) if cr < 0 else cr
 
-    def _part_data(self, events: List[Event], data: bytes) -> None:
+    def _part_data(self, events: list[Event], data: bytes) -> None:
         self._part_bytes += len(data)
         if self._part_bytes > self._max_part_bytes:
             raise LimitExceeded(f"a part exceeds max_part_bytes={self._max_part_bytes}")
         events.append(PartData(data))
 
-    def _end_part(self, events: List[Event]) -> None:
+    def _end_part(self, events: list[Event]) -> None:
         if self._in_part:
             events.append(PartEnd())
             self._in_part = False
@@ -324,7 +325,7 @@ def iter_parts(chunks: Iterable[bytes], boundary: str, **limits: int) -> Iterato
     """
     parser = MultipartParser(boundary, **limits)
     start: PartStart | None = None
-    pieces: List[bytes] = []
+    pieces: list[bytes] = []
     for event in _events(parser, chunks):
         if isinstance(event, PartStart):
             start, pieces = event, []
@@ -347,13 +348,13 @@ def _check_boundary(boundary: str) -> None:
         )
 
 
-def _parse_header_lines(raw: bytes, max_headers: int) -> List[Tuple[str, str]]:
+def _parse_header_lines(raw: bytes, max_headers: int) -> list[tuple[str, str]]:
     """Split a header section into (lower-cased name, value) pairs; raise on any bad line."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise MultipartError("part headers are not valid UTF-8") from None
-    headers: List[Tuple[str, str]] = []
+    headers: list[tuple[str, str]] = []
     for line in text.split("\r\n") if text else ():
         if len(headers) == max_headers:
             raise LimitExceeded(f"a part has more than max_headers_per_part={max_headers} headers")
@@ -368,14 +369,14 @@ def _parse_header_lines(raw: bytes, max_headers: int) -> List[Tuple[str, str]]:
     return headers
 
 
-def _single_header(headers: List[Tuple[str, str]], name: str) -> str | None:
+def _single_header(headers: list[tuple[str, str]], name: str) -> str | None:
     values = [value for key, value in headers if key == name]
     if len(values) > 1:
         raise MultipartError(f"a part repeats the {name} header")
     return values[0] if values else None
 
 
-def _parse_header_value(value: str) -> Tuple[str, dict]:
+def _parse_header_value(value: str) -> tuple[str, dict]:
     """Split 'main; k=v; k="v"' into (lower-cased main, {lower-cased key: unquoted value})."""
     if not isinstance(value, str) or _CTL.search(value):
         raise MultipartError("control character in a header value")
