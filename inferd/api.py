@@ -98,19 +98,26 @@ def classify(state, metrics, uploads: list[Upload], top_k: int) -> list:
         if not isinstance(results[-1], Exception):
             tensors.append(results[-1])
     submitted = time.monotonic()
-    futures = iter(state.batcher.submit(tensors)) if tensors else iter(())
-    timeout = state.config.batching.request_timeout
+    try:
+        outputs = iter(_infer_all(state, tensors, submitted))
+    except Exception:
+        for _ in tensors:
+            metrics.observe_image("error")
+        raise
     for i, result in enumerate(results):
         if not isinstance(result, Exception):
-            try:
-                scores = _wait(next(futures), submitted, timeout)
-            except Exception:
-                metrics.observe_image("error")
-                raise
+            scores, seconds = next(outputs)
             results[i] = {"predictions": [p.as_dict() for p in state.model.top_k(scores, top_k)],
-                          "inference_time_ms": _ms(time.monotonic() - submitted)}
+                          "inference_time_ms": _ms(seconds)}
             metrics.observe_image("ok")
     return results
+
+
+def _infer_all(state, tensors: list, submitted: float) -> list:
+    """(scores, seconds since submit) per tensor; raises QueueFull, BatcherStopped, HTTPError 503."""
+    futures = state.batcher.submit(tensors) if tensors else []
+    timeout = state.config.batching.request_timeout
+    return [(_wait(future, submitted, timeout), time.monotonic() - submitted) for future in futures]
 
 
 def _preprocess(state, metrics, upload: Upload):

@@ -16,7 +16,7 @@ import pytest
 import requests
 from PIL import Image
 
-from conftest import EXPECTED_TOP1, REPO
+from tests.support import EXPECTED_TOP1, REPO
 
 
 def solid_png(rgb) -> bytes:

@@ -12,7 +12,7 @@ import pytest
 import requests
 from PIL import Image
 
-from conftest import REPO, config_for, model_build
+from tests.support import REPO, config_for, model_build
 from inferd import model
 from inferd.model import ModelError
 

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import requests
 
-from conftest import EXPECTED_TOP1
+from tests.support import EXPECTED_TOP1
 
 
 @pytest.fixture(scope="module")

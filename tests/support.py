@@ -1,0 +1,114 @@
+"""Shared test helpers (tests/conftest.py holds the fixtures built on them).
+
+Import as `from tests.support import ...`: tests/ is a package, so pytest and `python -m tests.soak`
+both see it from the repository root.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = REPO / "models" / "efficientnet-lite0"
+if str(REPO / "models") not in sys.path:
+    sys.path.insert(0, str(REPO / "models"))
+
+import build as model_build  # noqa: E402  (models/build.py: build-time code, on sys.path above)
+
+
+EXPECTED_TOP1 = {
+    "cat.jpg": {"tiger cat", "Egyptian cat", "tabby"},
+    "coffee.png": {"espresso"},
+    "camera.png": {"tripod"},
+    "motorcycle.webp": {"moped", "motor scooter"},
+}
+
+
+class NotifySocket:
+    """A datagram socket standing in for systemd's $NOTIFY_SOCKET; collects every field sent."""
+
+    def __init__(self, directory: Path):
+        self.path = str(directory / "notify.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.messages: list[dict[str, str]] = []
+
+    def wait_for(self, key: str, value: str | None = None, timeout: float = 60.0) -> dict[str, str]:
+        """The first message (new or already seen) with key (= value); raises TimeoutError."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            for message in self.messages[seen:]:
+                if key in message and (value is None or message[key] == value):
+                    return message
+            seen = len(self.messages)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no {key}={value} in {self.messages}")
+            self.sock.settimeout(remaining)
+            try:
+                raw = self.sock.recv(65536).decode()
+            except socket.timeout:
+                continue
+            self.messages.append(dict(line.split("=", 1) for line in raw.splitlines() if "=" in line))
+
+    def close(self):
+        self.sock.close()
+
+
+@dataclass
+class DaemonProcess:
+    proc: subprocess.Popen
+    notify: NotifySocket
+    log_path: Path
+    url: str = ""
+    _consumed: int = field(default=0)
+
+    def wait_ready(self, timeout: float = 60.0) -> "DaemonProcess":
+        try:
+            ready = self.notify.wait_for("READY", "1", timeout)
+        except TimeoutError:
+            self.proc.kill()
+            raise AssertionError(f"daemon not ready; log:\n{self.log()}") from None
+        port = re.search(r" on (\S+):(\d+)", ready.get("STATUS", "")).group(2)
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@dataclass
+class InProcessServer:
+    server: object
+    thread: threading.Thread
+    url: str
+
+
+def config_for(model_dir: Path, **sections) -> "object":
+    """A Config for `model_dir` with section overrides, e.g. batching={"max_batch_size": 4}."""
+    from inferd import config
+
+    sections.setdefault("model", {})
+    sections["model"] = {"path": model_dir, **sections["model"]}
+    lines = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {value}" for key, value in values.items())
+    return config.parse("\n".join(lines), "<test>")
