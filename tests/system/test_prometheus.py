@@ -177,11 +177,9 @@ def send_traffic(url: str, images: dict, stop: threading.Event, errors: list) ->
 
 
 def test_the_readme_shows_the_queries_checked_here():
-    # The section is drafted in tests/MONITORING.md until it is folded into README.md.
     readme = (REPO / "README.md").read_text()
-    doc = readme if "## Monitoring" in readme else (REPO / "tests" / "MONITORING.md").read_text()
     for query in (REQUEST_RATE, P99_LATENCY, ERROR_RATIO):
-        assert f"```promql\n{query}\n```" in doc
+        assert f"```promql\n{query}\n```" in readme
 
 
 def test_prometheus_scrapes_inferd_and_answers_the_readme_queries(start_daemon, prometheus,
