@@ -44,14 +44,21 @@ clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis $(MODEL_DIR)/model.onnx
 
 # Benchmarks (issue 5): inferd vs. the in-process limit vs. the reference design.
-bench: $(VENV)/.installed $(MODEL_DIR)/model.onnx
+# Bench-only dependencies (the reference design: FastAPI, uvicorn) go into the venv, not the daemon.
+bench: $(VENV)/.installed $(VENV)/.bench-installed $(MODEL_DIR)/model.onnx
 	$(BIN)/python -m bench.run
+
+$(VENV)/.bench-installed: setup.cfg
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	touch $@
 
 # Soak suite (issue 6): SOAK_SECONDS=600 make soak for a long run.
 soak: $(VENV)/.installed $(MODEL_DIR)/model.onnx
 	$(BIN)/python -m tests.soak --seconds $${SOAK_SECONDS:-120}
 
-# Running as a service (issue 3): PREFIX, SYSCONFDIR, STATEDIR, UNITDIR may be overridden.
+# Running as a service (issue 3), as root: PREFIX (/opt/inferd), SYSCONFDIR (/etc/inferd), UNITDIR
+# (/etc/systemd/system) and VENV_PYTHON (/usr/bin/python3) may be overridden, e.g.
+# `make install PREFIX=/srv/inferd`; `make uninstall PURGE=1` also removes an edited config.
 install:
 	sh systemd/install.sh
 

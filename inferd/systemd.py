@@ -34,15 +34,20 @@ def monotonic_usec() -> int:
 
 
 def watchdog_interval(env: dict | None = None) -> float | None:
-    """Seconds between WATCHDOG=1 pings (half of WATCHDOG_USEC), or None when not asked for."""
+    """Seconds between WATCHDOG=1 pings (half of WATCHDOG_USEC), or None when not asked for.
+
+    Like sd_watchdog_enabled(3): None for another WATCHDOG_PID, and for a value that is not a
+    positive integer (0 would make the pinging loop spin).
+    """
     env = env if env is not None else os.environ
     usec, pid = env.get("WATCHDOG_USEC"), env.get("WATCHDOG_PID")
     if not usec or (pid and pid != str(os.getpid())):
         return None
     try:
-        return int(usec) / 2_000_000
+        value = int(usec)
     except ValueError:
         return None
+    return value / 2_000_000 if value > 0 else None
 
 
 def listen_sockets(env: dict | None = None) -> list[socket.socket]:
