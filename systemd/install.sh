@@ -60,7 +60,7 @@ mkdir -p "$SHARE/systemd" "$SYSCONFDIR"
 sed "s|^path = models/efficientnet-lite0\$|path = $MODEL_DIR|" "$SRC/inferd.conf.example" > "$SHARE/inferd.conf.example"
 grep -q "^path = $MODEL_DIR\$" "$SHARE/inferd.conf.example" || die "inferd.conf.example: no 'path = ' line to rewrite"
 cp "$SRC/systemd/notify-reload.conf" "$SHARE/systemd/"
-[ -f "$SRC/systemd/README.md" ] && cp "$SRC/systemd/README.md" "$SHARE/README.md"
+cp "$SRC/README.md" "$SHARE/README.md"
 if [ -e "$SYSCONFDIR/inferd.conf" ]; then
     say "keeping existing $SYSCONFDIR/inferd.conf (the current example is $SHARE/inferd.conf.example)"
 else
