@@ -87,7 +87,7 @@ def _text(text: str) -> str:
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
-    max_connections: int = 64
+    max_connections: int = 512
     request_timeout: float = 30.0
     drain_timeout: float = 10.0
     admin_token: str = ""
@@ -106,7 +106,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class BatchingConfig:
     max_batch_size: int = 8
-    max_queue_delay_ms: float = 2.0
+    max_queue_delay_ms: float = 0.0  # Triton's default too: never delay a lone request (bench/README.md)
     max_queue_size: int = 128
     request_timeout: float = 30.0
 
@@ -122,6 +122,12 @@ class LimitsConfig:
     max_request_line: int = 8192
     max_image_pixels: int = 64_000_000
     allowed_formats: frozenset = KNOWN_FORMATS
+    max_inference_requests: int = 64
+    max_other_requests: int = 16
+    idle_timeout: float = 15.0
+    header_timeout: float = 10.0
+    body_timeout: float = 10.0
+    min_body_rate: int = 16384
 
 
 @dataclass(frozen=True)
@@ -184,6 +190,12 @@ PARSERS: dict[tuple[str, str], Callable[[str], object]] = {
     ("limits", "max_request_line"): _positive_int,
     ("limits", "max_image_pixels"): _positive_int,
     ("limits", "allowed_formats"): _formats,
+    ("limits", "max_inference_requests"): _positive_int,
+    ("limits", "max_other_requests"): _positive_int,
+    ("limits", "idle_timeout"): _positive_float,
+    ("limits", "header_timeout"): _positive_float,
+    ("limits", "body_timeout"): _positive_float,
+    ("limits", "min_body_rate"): _positive_int,
     ("logging", "level"): _log_level,
     ("logging", "access_log"): _boolean,
 }
