@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -40,6 +41,9 @@ BOOT_SCRIPT = r"""
 set -eu
 mount --make-rprivate /
 mount -t tmpfs -o mode=0755 tmpfs /run
+# The checkout may live under /tmp (CI clones anywhere): hold it aside, put it back on the tmpfs.
+mkdir -p /run/inferd-test/checkout
+mount --bind CHECKOUT /run/inferd-test/checkout
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 for dir in etc opt var; do
     mkdir -p /run/inferd-test/$dir.upper /run/inferd-test/$dir.work
@@ -47,6 +51,9 @@ for dir in etc opt var; do
         -o lowerdir=/$dir,upperdir=/run/inferd-test/$dir.upper,workdir=/run/inferd-test/$dir.work /$dir
 done
 mount -t tmpfs -o mode=1777 tmpfs /var/tmp
+case CHECKOUT in
+    /tmp/*|/var/tmp/*) mkdir -p CHECKOUT && mount --bind /run/inferd-test/checkout CHECKOUT ;;
+esac
 mkdir -p /run/systemd/system /etc/systemd/journald.conf.d
 printf '[Unit]\nDescription=inferd system tests\nRequires=basic.target\nAfter=basic.target\nAllowIsolate=yes\n' \
     > /run/systemd/system/TARGET
@@ -54,7 +61,7 @@ for unit in MASKED; do ln -sf /dev/null /run/systemd/system/$unit.service; done
 # The load test logs thousands of access lines; the checks that follow must find theirs.
 printf '[Journal]\nRateLimitBurst=0\n' > /etc/systemd/journald.conf.d/inferd-test.conf
 exec /lib/systemd/systemd --system --unit=TARGET
-""".replace("TARGET", TARGET).replace("MASKED", " ".join(MASKED))
+""".replace("TARGET", TARGET).replace("MASKED", " ".join(MASKED)).replace("CHECKOUT", shlex.quote(str(REPO)))
 
 
 def skip_reason() -> str | None:
