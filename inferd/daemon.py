@@ -42,7 +42,13 @@ class Daemon:
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; returns the exit code. Raises ConfigError or ModelError at start."""
-        config = self.load_config()
+        self._start(self.load_config())
+        self._main_loop()
+        return self.stop()
+
+    def _start(self, config: Config) -> None:
+        """Load and warm the model, serve it, send READY=1. The state is referenced only by the
+        server from here on, so the first reload can free it (a local in run() kept it for life)."""
         notify(f"EXTEND_TIMEOUT_USEC={LOAD_TIMEOUT_USEC}", f"STATUS=loading model from {config.model_dir()}")
         state = state_module.build(config, self.metrics)
         self._publish_model(state)
@@ -55,8 +61,6 @@ class Daemon:
         host, port = self.server.server_address[:2]
         log.info("serving %s on http://%s:%s", state.model.name, host, port)
         notify("READY=1", f"STATUS=serving {state.model.name} on {host}:{port}")
-        self._main_loop()
-        return self.stop()
 
     def _make_server(self, config: Config, state) -> InferdServer:
         sockets = listen_sockets()
@@ -115,10 +119,10 @@ class Daemon:
 
     def stop(self) -> int:
         """Stop accepting, let requests in flight finish (bounded by drain_timeout), stop inference."""
+        server = self.server
+        server.draining = True  # before STOPPING=1: whoever hears it must already see /health 503
         notify("STOPPING=1", "STATUS=draining")
         self._stopped.set()
-        server = self.server
-        server.draining = True
         server.shutdown()
         server.server_close()
         drain_timeout = server.state.config.server.drain_timeout
