@@ -1,0 +1,86 @@
+"""The one table `make bench` prints, and the same results as JSON and CSV under bench-results/."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+COLUMNS = ("model", "image", "c", "inferd img/s", "p50 ms", "p99 ms", "limit img/s", "1-img ms",
+           "ref img/s", "ref p50 ms", "inferd/limit", "inferd/ref")
+
+
+def machine() -> dict:
+    """Cores, CPU model and Python/onnxruntime versions, for the header of the table."""
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
+    except OSError:
+        pass
+    try:
+        import onnxruntime
+        ort_version = onnxruntime.__version__
+    except ImportError:
+        ort_version = "-"
+    return {"cores": len(os.sched_getaffinity(0)), "cpu": model, "python": platform.python_version(),
+            "onnxruntime": ort_version, "date": time.strftime("%Y-%m-%d %H:%M %Z")}
+
+
+def rows(groups) -> list[dict]:
+    """One row per (model, image, concurrency) with both systems, the limit and the ratios."""
+    out = []
+    for group in groups:
+        limit = group.limit
+        for (system, c), result in sorted(group.load.items(), key=lambda item: item[0][1]):
+            if system != "inferd":
+                continue
+            reference = group.load.get(("reference", c), {})
+            out.append({
+                "model": group.model, "image": group.image, "c": c,
+                "inferd img/s": result["throughput"], "p50 ms": result["p50_ms"], "p99 ms": result["p99_ms"],
+                "limit img/s": limit["throughput"], "1-img ms": limit["single_ms"],
+                "ref img/s": reference.get("throughput", ""), "ref p50 ms": reference.get("p50_ms", ""),
+                "inferd/limit": round(result["throughput"] / limit["throughput"], 2),
+                "inferd/ref": round(result["throughput"] / reference["throughput"], 2)
+                if reference.get("throughput") else "",
+            })
+    return out
+
+
+def render(table: list[dict], checks: list[dict], info: dict) -> str:
+    """The table, then one PASS/FAIL line per target."""
+    lines = [f"inferd benchmark, {info['date']}: {info['cores']} cores, {info['cpu']}, Python {info['python']}, "
+             f"onnxruntime {info['onnxruntime']}"]
+    if table:
+        cells = [[_text(row[column]) for column in COLUMNS] for row in table]
+        widths = [max(len(column), *(len(cell[i]) for cell in cells)) for i, column in enumerate(COLUMNS)]
+        lines.append("  ".join(column.ljust(width) for column, width in zip(COLUMNS, widths)))
+        lines.extend("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in cells)
+    width = max((len(check["name"]) for check in checks), default=0)
+    lines.extend(f"{'PASS' if check['pass'] else 'FAIL'}  {check['name'].ljust(width)}  {check['value']} "
+                 f"(target {check['target']})" for check in checks)
+    return "\n".join(lines)
+
+
+def _text(value) -> str:
+    return f"{value:.1f}" if isinstance(value, float) and abs(value) >= 10 else str(value)
+
+
+def write(directory: Path, table: list[dict], checks: list[dict], info: dict, extra: dict) -> tuple[Path, Path]:
+    """bench-results/bench-<stamp>.json (everything) and .csv (the table); also latest.json/latest.csv."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    document = {"machine": info, "table": table, "checks": checks, **extra}
+    json_path, csv_path = directory / f"bench-{stamp}.json", directory / f"bench-{stamp}.csv"
+    for target in (json_path, directory / "latest.json"):
+        target.write_text(json.dumps(document, indent=2, default=str))
+    for target in (csv_path, directory / "latest.csv"):
+        with open(target, "w", newline="", encoding="utf-8") as out:
+            writer = csv.DictWriter(out, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(table)
+    return json_path, csv_path

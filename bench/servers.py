@@ -1,0 +1,179 @@
+"""Servers under test, each a subprocess on a port the OS chose at bind time.
+
+inferd binds port 0 itself and reports the port in the STATUS= line it sends with READY=1 on a
+notify socket we bound (as systemd would). The reference design's uvicorn binds port 0 and logs
+the port it got. No "free port" is ever picked and bound later.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Server:
+    """A running server process and the URL it answers on."""
+
+    name: str
+    proc: subprocess.Popen
+    url: str
+    log_path: Path
+    started_in: float = 0.0
+
+    def rss_kib(self) -> int:
+        """VmRSS of the server process in KiB, from /proc/<pid>/status."""
+        return read_rss_kib(self.proc.pid)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, wait; SIGKILL after `timeout`. Returns the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+
+def read_rss_kib(pid: int) -> int:
+    """Resident set size of `pid` in KiB; raises OSError when the process is gone."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise OSError(f"no VmRSS for pid {pid}")
+
+
+class NotifySocket:
+    """A datagram socket standing in for systemd's $NOTIFY_SOCKET."""
+
+    def __init__(self, directory: Path):
+        self.path = str(directory / "notify.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+
+    def wait_for(self, field: str, timeout: float, alive=lambda: True) -> dict[str, str]:
+        """The next message that has `field` (e.g. "READY=1"); TimeoutError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0 and alive():
+            self.sock.settimeout(min(remaining, 0.5))
+            try:
+                raw = self.sock.recv(65536).decode()
+            except socket.timeout:
+                continue
+            if field in raw.splitlines():
+                return dict(line.split("=", 1) for line in raw.splitlines() if "=" in line)
+        raise TimeoutError(f"no {field} within {timeout}s")
+
+    def close(self) -> None:
+        self.sock.close()
+        os.unlink(self.path)
+
+
+def start_inferd(model_dir: Path, workdir: Path, config: str = "", timeout: float = 120.0) -> Server:
+    """Run `python -m inferd` on 127.0.0.1, port 0, with `model_dir` and extra INI `config` text.
+
+    Returns once READY=1 arrived; `started_in` is the time from spawn to READY=1. Raises
+    RuntimeError with the daemon's log when it exits or stays silent.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path = workdir / "inferd.conf"
+    config_path.write_text(f"[model]\npath = {Path(model_dir).resolve()}\n[logging]\naccess_log = false\n{config}")
+    notify = NotifySocket(workdir)
+    log_path = workdir / "inferd.log"
+    env = {**os.environ, "NOTIFY_SOCKET": notify.path, "INFERD_SERVER_PORT": "0", "INFERD_SERVER_HOST": "127.0.0.1"}
+    began = time.monotonic()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "inferd", "--config", str(config_path)],
+                                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
+    try:
+        ready = notify.wait_for("READY=1", timeout, alive=lambda: proc.poll() is None)
+    except TimeoutError:
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"inferd did not become ready; log:\n{log_path.read_text(errors='replace')}") from None
+    finally:
+        notify.close()
+    started_in = time.monotonic() - began
+    port = re.search(r" on (\S+):(\d+)", ready.get("STATUS", "")).group(2)
+    return Server("inferd", proc, f"http://127.0.0.1:{port}", log_path, started_in)
+
+
+def start_reference(model_dir: Path, workdir: Path, threads: int = 0, timeout: float = 120.0) -> Server:
+    """Run the reference design (bench/reference_app.py) under uvicorn on 127.0.0.1, port 0.
+
+    uvicorn binds port 0 itself and logs the port it got; returns once that line is logged and
+    GET /health answers 200. Raises RuntimeError with the server's log otherwise. (Not `--fd`:
+    uvicorn takes a passed descriptor for a Unix socket and then never sets TCP_NODELAY, which
+    adds 40 ms delayed-ACK stalls the reference design does not have when it binds a port.)
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    model_dir = Path(model_dir).resolve()
+    env = {**os.environ, "MODEL_PATH": str(model_dir / "model.onnx"), "LABELS_PATH": str(model_dir / "labels.txt"),
+           "MANIFEST_PATH": str(model_dir / "model.ini"), "NUM_THREADS": str(threads),
+           "ORT_DISABLE_TELEMETRY": "1"}
+    log_path = workdir / "reference.log"
+    began = time.monotonic()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "bench.reference_app:app", "--host", "127.0.0.1", "--port", "0",
+             "--log-level", "info", "--no-access-log"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    server = Server("reference", proc, "", log_path)
+    port = _logged_port(log_path, timeout, alive=lambda: proc.poll() is None)
+    server.url = f"http://127.0.0.1:{port}"
+    if port is None or not wait_healthy(server.url, timeout, alive=lambda: proc.poll() is None):
+        server.stop(5)
+        raise RuntimeError(f"reference design did not become healthy; log:\n{server.log()}")
+    server.started_in = time.monotonic() - began
+    return server
+
+
+def _logged_port(log_path: Path, timeout: float, alive) -> int | None:
+    """The port in uvicorn's "Uvicorn running on http://127.0.0.1:PORT" line, polled with a deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and alive():
+        found = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", log_path.read_text(errors="replace"))
+        if found:
+            return int(found.group(1))
+        time.sleep(0.05)
+    return None
+
+
+def wait_healthy(url: str, timeout: float, alive=lambda: True) -> bool:
+    """Poll GET /health until it answers 200, the process dies, or `timeout` passes."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    target = urlsplit(url)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and alive():
+        connection = http.client.HTTPConnection(target.hostname, target.port, timeout=2)
+        try:
+            connection.request("GET", "/health")
+            if connection.getresponse().status == 200:
+                return True
+        except OSError:
+            pass
+        finally:
+            connection.close()
+        time.sleep(0.1)  # polling interval of a readiness probe with a deadline, not a readiness guess
+    return False
+
+
+def scratch_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="inferd-bench-"))

@@ -1,0 +1,130 @@
+"""Throughput and latency: inferd, the in-process limit and the reference design, same images, same run.
+
+For each model, inferd and the reference design run side by side (one idles while the other is
+measured) and the limit runs in this process with inferd's own code. For each image, `rounds`
+rounds interleave every measurement: the limit at each batch size, then each concurrency against
+inferd and against the reference. Each cell keeps its best round (highest throughput, with that
+round's latencies) and so does the limit: on a shared machine, noise from other work hits every
+system alike instead of whichever happened to run at a bad moment. A warm-up precedes each cell's
+first round.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from inferd import bench as loadgen
+
+from . import servers
+from .progress import progress
+
+CONCURRENCY = (1, 4, 16)
+MODELS = {"efficientnet-lite0": "models/efficientnet-lite0", "resnet50": "models/resnet50"}
+TARGET_LIMIT_RATIO = 0.90
+TARGET_REFERENCE_RATIO = 2.5
+TARGET_LATENCY_RATIO = 1.15
+
+
+@dataclass
+class Settings:
+    seconds: float = 2.0  # per load cell and round
+    limit_seconds: float = 1.0  # per batch size of the limit and round
+    rounds: int = 3
+    concurrency: tuple[int, ...] = CONCURRENCY
+    models: tuple[str, ...] = tuple(MODELS)
+    intra_op_threads: int = 0  # what inferd runs with (its default); the limit uses the same
+    inferd_config: str = ""  # extra INI text for inferd, e.g. to try other batching settings
+
+
+@dataclass
+class Group:
+    """One (model, image): the limit and one load result per (system, concurrency)."""
+
+    model: str
+    image: str
+    limit: dict
+    load: dict = field(default_factory=dict)  # (system, concurrency) -> inferd.bench.summarise() dict
+
+    def best(self, system: str) -> tuple[int, dict]:
+        """(concurrency, result) with the highest throughput for `system`."""
+        return max(((c, r) for (s, c), r in self.load.items() if s == system), key=lambda cr: cr[1]["throughput"])
+
+    def checks(self) -> list[dict]:
+        """The issue's targets for this group, each {"name", "value", "target", "pass"}."""
+        _, inferd_best = self.best("inferd")
+        out = [_check(f"inferd/limit best, {self.model}, {self.image}",
+                      inferd_best["throughput"] / self.limit["throughput"], TARGET_LIMIT_RATIO, ">=")]
+        if "photo" in self.image:
+            _, reference_best = self.best("reference")
+            out.append(_check(f"inferd/reference best, {self.model}, {self.image}",
+                              inferd_best["throughput"] / max(reference_best["throughput"], 1e-9),
+                              TARGET_REFERENCE_RATIO, ">="))
+        if ("inferd", 1) in self.load:
+            out.append(_check(f"inferd p50 at c=1 / in-process single image, {self.model}, {self.image}",
+                              self.load[("inferd", 1)]["p50_ms"] / self.limit["single_ms"],
+                              TARGET_LATENCY_RATIO, "<="))
+        return out
+
+
+def _check(name: str, value: float, target: float, sense: str) -> dict:
+    ok = value >= target if sense == ">=" else value <= target
+    return {"name": name, "value": round(value, 3), "target": f"{sense} {target}", "pass": ok}
+
+
+def run(images: dict[str, Path], settings: Settings, workdir: Path) -> list[Group]:
+    """Measure every (model, image, system, concurrency) cell; returns one Group per (model, image)."""
+    groups = []
+    for model in settings.models:
+        model_dir = servers.REPO / MODELS[model]
+        ensure_model(model, model_dir)
+        progress(f"{model}: starting inferd and the reference design")
+        inferd = servers.start_inferd(model_dir, workdir / model / "inferd", settings.inferd_config)
+        reference = servers.start_reference(model_dir, workdir / model / "reference", settings.intra_op_threads)
+        try:
+            for label, path in images.items():
+                groups.append(_measure_group(model, model_dir, label, path, (inferd, reference), settings))
+        finally:
+            inferd.stop()
+            reference.stop()
+    return groups
+
+
+def ensure_model(model: str, model_dir: Path) -> None:
+    """Build models/<model>/model.onnx when missing (the ResNet-50 graph has random weights)."""
+    if (model_dir / "model.onnx").is_file():
+        return
+    progress(f"{model}: building {model_dir}/model.onnx")
+    subprocess.run([sys.executable, str(servers.REPO / "models" / "build.py"), model, "--out", str(model_dir)],
+                   check=True, stdout=subprocess.DEVNULL)
+
+
+def _measure_group(model: str, model_dir: Path, label: str, path: Path, running, settings: Settings) -> Group:
+    data = path.read_bytes()
+    classify = loadgen.limit_runner(model_dir, data, threads=settings.intra_op_threads,
+                                    warmup_batch=max(loadgen.LIMIT_BATCH_SIZES))
+    content_type, body = loadgen.multipart_body(data, path.name)
+    limit_rounds, rounds = [], {}
+    for number in range(settings.rounds):
+        limit_rounds.append({size: loadgen.images_per_second(classify, size, settings.limit_seconds, None)
+                             for size in loadgen.LIMIT_BATCH_SIZES})
+        limit = loadgen.best_limit(limit_rounds[-1:])
+        progress(f"{model}, {label}, round {number + 1}: limit {limit['throughput']:.1f} images/s "
+                 f"(batch {limit['best_batch_size']}), one image {limit['single_ms']:.1f} ms")
+        for concurrency in settings.concurrency:
+            for server in running:
+                if number == 0:
+                    loadgen.run_load(server.url, body, content_type, connections=concurrency,
+                                     count=max(2, concurrency))
+                result = loadgen.summarise(loadgen.run_load(server.url, body, content_type,
+                                                            connections=concurrency, duration=settings.seconds))
+                rounds.setdefault((server.name, concurrency), []).append(result)
+                progress(f"{model}, {label}, round {number + 1}, c={concurrency:<2} {server.name:9}: "
+                         f"{result['throughput']:6.1f} images/s, p50 {result['p50_ms']:.0f} ms, "
+                         f"p99 {result['p99_ms']:.0f} ms, statuses {result['statuses']}"
+                         + (f", errors {result['errors']}" if result["errors"] else ""))
+    group = Group(model, label, loadgen.best_limit(limit_rounds))
+    group.load = {cell: max(results, key=lambda r: r["throughput"]) for cell, results in rounds.items()}
+    return group

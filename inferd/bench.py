@@ -1,0 +1,270 @@
+"""`inferd-bench`: load-test a running inferd (or any server with its API), or measure the in-process limit.
+
+    inferd-bench IMAGE [--url http://127.0.0.1:8000] [-c CONNECTIONS] [-d SECONDS | -n COUNT] [--json]
+    inferd-bench IMAGE --limit MODEL_DIR [--threads N] [-d SECONDS | -n COUNT] [--json]
+
+Load mode opens CONNECTIONS keep-alive connections (http.client, one thread each) that POST the image
+as multipart (field `file`) to /infer back to back, and reports throughput, latency percentiles,
+status counts and errors. Limit mode classifies the same image in this process with inferd's own
+preprocess and model modules (decode + preprocess + session.run, no HTTP) at several batch sizes and
+reports the best. Standard library only, except what --limit imports from inferd.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+LIMIT_BATCH_SIZES = (1, 2, 4, 8)
+
+
+# -- requests -------------------------------------------------------------------------------------
+
+def multipart_body(data: bytes, filename: str, field_name: str = "file") -> tuple[str, bytes]:
+    """(Content-Type, body) of a multipart/form-data request carrying `data` as one file part."""
+    boundary = uuid.uuid4().hex
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field_name}\"; "
+            f"filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n").encode()
+    return f"multipart/form-data; boundary={boundary}", head + data + f"\r\n--{boundary}--\r\n".encode()
+
+
+@dataclass
+class Tally:
+    """What the connections saw: one latency per answered request, statuses and error kinds."""
+
+    latencies: list[float] = field(default_factory=list)
+    statuses: Counter = field(default_factory=Counter)
+    errors: Counter = field(default_factory=Counter)
+    elapsed: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, seconds: float, status: int | None, error: str | None = None) -> None:
+        with self.lock:
+            if status is not None:
+                self.latencies.append(seconds)
+                self.statuses[status] += 1
+            if error is not None:
+                self.errors[error] += 1
+
+
+class _Budget:
+    """Hands out requests to the connections: `count` of them, or as many as fit before `deadline`."""
+
+    def __init__(self, count: int | None, duration: float | None):
+        self.left = count
+        self.deadline = None if duration is None else time.monotonic() + duration
+        self.lock = threading.Lock()
+
+    def take(self) -> bool:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return False
+        if self.left is None:
+            return True
+        with self.lock:
+            self.left -= 1
+            return self.left >= 0
+
+
+def run_load(url: str, body: bytes, content_type: str, *, connections: int = 1, count: int | None = None,
+             duration: float | None = None, path: str = "/infer", timeout: float = 60.0) -> Tally:
+    """POST `body` over `connections` keep-alive connections until `count` requests were sent or
+    `duration` seconds passed (whichever is given; both: whichever comes first).
+
+    Never raises for a failed request: connection errors are counted by exception type (and the
+    connection is reopened), HTTP errors by status. Raises ValueError without count and duration.
+    """
+    if count is None and duration is None:
+        raise ValueError("give a request count or a duration")
+    target = urlsplit(url)
+    budget, tally = _Budget(count, duration), Tally()
+    headers = {"Content-Type": content_type, "Content-Length": str(len(body))}
+    args = (target.hostname or "127.0.0.1", target.port or 80, (target.path.rstrip("/") + path), body, headers,
+            timeout, budget, tally)
+    threads = [threading.Thread(target=_connection_loop, args=args, daemon=True) for _ in range(connections)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    tally.elapsed = time.monotonic() - started
+    return tally
+
+
+def _connection_loop(host, port, path, body, headers, timeout, budget: _Budget, tally: Tally) -> None:
+    """One client connection: send, read the whole answer, repeat; reconnect after any error."""
+    connection = None
+    while budget.take():
+        if connection is None:
+            connection = http.client.HTTPConnection(host, port, timeout=timeout)
+        started = time.perf_counter()
+        try:
+            connection.request("POST", path, body, headers)
+            answer = connection.getresponse()
+            answer.read()
+        except (OSError, http.client.HTTPException) as exc:
+            tally.add(0.0, None, type(exc).__name__)
+            connection.close()
+            connection = None
+            continue
+        tally.add(time.perf_counter() - started, answer.status)
+        if answer.will_close:
+            connection.close()
+            connection = None
+    if connection is not None:
+        connection.close()
+
+
+# -- summaries ------------------------------------------------------------------------------------
+
+def percentile(ordered: list[float], q: float) -> float:
+    """The q-th percentile (0..100) of an ascending list by the nearest-rank method; 0.0 when empty."""
+    if not ordered:
+        return 0.0
+    rank = max(1, -(-len(ordered) * q // 100))  # ceil(n * q / 100), at least 1
+    return ordered[int(rank) - 1]
+
+
+def summarise(tally: Tally) -> dict:
+    """Throughput (2xx answers per second), latency percentiles in ms, status and error counts."""
+    ordered = sorted(tally.latencies)
+    ok = sum(n for status, n in tally.statuses.items() if 200 <= status < 300)
+    elapsed = tally.elapsed or float("nan")
+    return {
+        "requests": len(ordered) + sum(tally.errors.values()), "ok": ok, "seconds": round(tally.elapsed, 3),
+        "throughput": round(ok / elapsed, 2), "requests_per_second": round(len(ordered) / elapsed, 2),
+        **{f"{name}_ms": round(percentile(ordered, q) * 1000, 2)
+           for name, q in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))},
+        "statuses": {str(status): n for status, n in sorted(tally.statuses.items())},
+        "errors": dict(tally.errors),
+    }
+
+
+# -- the in-process limit -------------------------------------------------------------------------
+
+def measure_limit(model_dir: Path, data: bytes, *, threads: int = 0, duration: float | None = 3.0,
+                  count: int | None = None, batch_sizes=LIMIT_BATCH_SIZES) -> dict:
+    """Classify `data` in this process, decode + preprocess + session.run, at each batch size.
+
+    Returns {"throughput", "best_batch_size", "single_ms" (median time of one image end to end),
+    "by_batch": {size: images/s}}. Each batch size runs for `duration` seconds or `count` images.
+    `threads` is onnxruntime's intra-op thread count, 0 = inferd's default. Raises ModelError or
+    ImageError as inferd would when loading the model or reading the image.
+    """
+    classify = limit_runner(model_dir, data, threads=threads, warmup_batch=max(batch_sizes))
+    return best_limit([{size: images_per_second(classify, size, duration, count) for size in batch_sizes}])
+
+
+def limit_runner(model_dir: Path, data: bytes, *, threads: int = 0, warmup_batch: int = 8):
+    """Load the model as inferd does; returns classify(batch_size), which decodes and preprocesses
+    `data` batch_size times, then runs one batch. Imports inferd's model code only now."""
+    import numpy as np
+
+    from . import model as model_module, preprocess
+    from .config import KNOWN_FORMATS
+
+    model_dir = Path(model_dir)
+    model = model_module.load(model_dir, model_dir / "model.onnx", model_dir / "labels.txt",
+                              intra_op_threads=threads, warmup_batch=warmup_batch)
+    spec = model.manifest.input
+
+    def classify(batch_size: int) -> None:
+        tensors = [preprocess.to_tensor(data, spec, max_pixels=1 << 62, formats=KNOWN_FORMATS)
+                   for _ in range(batch_size)]
+        model.run(np.stack(tensors))
+
+    return classify
+
+
+def images_per_second(classify, batch_size: int, duration: float | None, count: int | None) -> tuple[float, float]:
+    """(images per second, median seconds per call) of `classify(batch_size)` after one warm-up call;
+    runs until `count` images or `duration` seconds (at least one call)."""
+    classify(batch_size)
+    calls, started = [], time.perf_counter()
+    deadline = started + duration if duration is not None else None
+    while not calls or ((count is None or len(calls) * batch_size < count)
+                        and (deadline is None or time.perf_counter() < deadline)):
+        began = time.perf_counter()
+        classify(batch_size)
+        calls.append(time.perf_counter() - began)
+    return len(calls) * batch_size / sum(calls), sorted(calls)[len(calls) // 2]
+
+
+def best_limit(rounds: list[dict]) -> dict:
+    """Combine rounds of {batch_size: (images/s, median s per call)}: the best rate per batch size,
+    the best batch size overall, and the fastest single-image median ("single_ms")."""
+    rates = {size: max(r[size][0] for r in rounds) for size in rounds[0]}
+    best = max(rates, key=rates.get)
+    single = min(r[1][1] for r in rounds) if 1 in rounds[0] else None
+    return {"throughput": round(rates[best], 2), "best_batch_size": best,
+            "single_ms": round(single * 1000, 2) if single is not None else None,
+            "by_batch": {str(size): round(rate, 2) for size, rate in rates.items()}}
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="inferd-bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("image", type=Path, help="the image file every request posts")
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default %(default)s)")
+    parser.add_argument("-c", "--connections", type=int, default=1, help="keep-alive connections (default 1)")
+    parser.add_argument("-d", "--duration", type=float, help="seconds to run (default 10 unless -n)")
+    parser.add_argument("-n", "--count", type=int, help="requests (or images, with --limit) to send")
+    parser.add_argument("--warmup", type=int, default=0, help="requests sent and not counted before timing")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
+    parser.add_argument("--limit", metavar="MODEL_DIR", type=Path,
+                        help="measure the in-process limit of this model directory instead (no HTTP)")
+    parser.add_argument("--threads", type=int, default=0, help="with --limit: intra-op threads, 0 = cores")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    args = parser.parse_args(argv)
+    if args.duration is None and args.count is None:
+        args.duration = 10.0
+    if args.connections < 1:
+        parser.error("--connections must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit 0 when every request got a 2xx answer (or the limit was measured), 1 otherwise."""
+    args = parse_args(argv)
+    try:
+        data = args.image.read_bytes()
+    except OSError as exc:
+        print(f"inferd-bench: {args.image}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    if args.limit is not None:
+        result = measure_limit(args.limit, data, threads=args.threads, duration=args.duration, count=args.count)
+        print(json.dumps(result) if args.json else _limit_text(result))
+        return 0
+    content_type, body = multipart_body(data, args.image.name)
+    if args.warmup:
+        run_load(args.url, body, content_type, connections=args.connections, count=args.warmup,
+                 timeout=args.timeout)
+    result = summarise(run_load(args.url, body, content_type, connections=args.connections,
+                                count=args.count, duration=args.duration, timeout=args.timeout))
+    print(json.dumps(result) if args.json else _load_text(result))
+    return 0 if result["ok"] == result["requests"] and result["requests"] else 1
+
+
+def _load_text(r: dict) -> str:
+    return (f"{r['requests']} requests in {r['seconds']:.2f}s: {r['throughput']:.1f} images/s\n"
+            f"latency ms: p50 {r['p50_ms']:.1f}  p90 {r['p90_ms']:.1f}  p99 {r['p99_ms']:.1f}  max {r['max_ms']:.1f}\n"
+            f"statuses: {r['statuses'] or '-'}  errors: {r['errors'] or '-'}")
+
+
+def _limit_text(r: dict) -> str:
+    rates = "  ".join(f"batch {size}: {rate:.1f}/s" for size, rate in r["by_batch"].items())
+    return (f"in-process limit: {r['throughput']:.1f} images/s at batch {r['best_batch_size']}; "
+            f"one image end to end {r['single_ms']:.1f} ms\n{rates}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""The batcher with a real (tiny) ONNX model: delay bound, batch size cap, all-or-nothing submit,
+drain on stop, and every future getting its own row.
+
+The model runs for real; `Recorder` only notes when each batch started and how big it was, and can
+hold a batch at a gate so a test decides when the inference thread is busy. Timing bounds carry a
+generous margin: they catch a timer started from the wrong moment (TorchServe #2478), not jitter.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from inferd import model as model_module
+from inferd.batcher import Batcher, BatcherStopped, QueueFull
+
+MARGIN = 0.08  # seconds of scheduling slack on a busy 2-core machine
+
+
+class Recorder:
+    """Wraps a loaded Model: records (start time, batch size) of each run; optionally gated."""
+
+    def __init__(self, model):
+        self.model = model
+        self.name = model.name
+        self.batches: list[tuple[float, int]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self.batches.append((time.monotonic(), len(batch)))
+        self.entered.set()
+        assert self.gate.wait(30), "test never opened the gate"
+        return self.model.run(batch)
+
+    def sizes(self) -> list[int]:
+        return [size for _, size in self.batches]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return model_module.load(tiny_model_dir, tiny_model_dir / "model.onnx", tiny_model_dir / "labels.txt",
+                             intra_op_threads=1)
+
+
+@pytest.fixture
+def start(tiny):
+    started: list[Batcher] = []
+
+    def make(**settings) -> tuple[Batcher, Recorder]:
+        recorder = Recorder(tiny)
+        options = {"max_batch_size": 8, "max_queue_delay_ms": 0, "max_queue_size": 64, **settings}
+        started.append(Batcher(recorder, **options).start())
+        return started[-1], recorder
+
+    yield make
+    for batcher in started:
+        batcher.stop(10)
+
+
+def solid(value: float) -> np.ndarray:
+    return np.full((3, 224, 224), value, dtype=np.float32)
+
+
+def test_a_batch_closes_max_delay_after_its_first_item_not_after_the_last(start):
+    """Items trickle in every 20 ms for 0.5 s; each batch must run 100 ms after its first item."""
+    delay = 0.1
+    batcher, recorder = start(max_batch_size=64, max_queue_delay_ms=delay * 1000)
+    submitted, futures = [], []
+    for i in range(25):
+        submitted.append(time.monotonic())
+        futures += batcher.submit([solid(0.5)])
+        time.sleep(0.02)
+    for future in futures:
+        future.result(10)
+    first = 0
+    for started_at, size in recorder.batches:
+        waited = started_at - submitted[first]
+        assert waited <= delay + MARGIN, f"batch of {size} started {waited * 1000:.0f} ms after its first item"
+        assert waited >= delay - 0.001, "a batch that was not full closed before its delay"
+        first += size
+    assert len(recorder.batches) >= 3 and sum(recorder.sizes()) == 25
+
+
+def test_the_delay_counts_from_arrival_even_while_the_thread_was_busy(start):
+    """An item that waited behind a running batch for longer than the delay runs at once after it."""
+    delay = 0.3
+    batcher, recorder = start(max_queue_delay_ms=delay * 1000)
+    recorder.gate.clear()
+    (busy,) = batcher.submit([solid(0.1)])
+    assert recorder.entered.wait(5)  # the thread is inside run() with the first item
+    time.sleep(delay)  # so that the first batch ran the full delay; now hold it
+    (waiting,) = batcher.submit([solid(0.9)])
+    time.sleep(delay + 0.05)  # the waiting item's delay has passed while the thread was busy
+    released = time.monotonic()
+    recorder.gate.set()
+    busy.result(10), waiting.result(10)
+    second_started = recorder.batches[1][0]
+    assert second_started - released < delay - MARGIN, "the delay was counted from when the thread got free"
+
+
+def test_a_full_batch_runs_without_waiting_for_the_delay(start):
+    batcher, recorder = start(max_batch_size=4, max_queue_delay_ms=30_000)
+    began = time.monotonic()
+    futures = batcher.submit([solid(v / 10) for v in range(4)])
+    for future in futures:
+        future.result(10)
+    assert time.monotonic() - began < 5 and recorder.sizes() == [4]
+
+
+def test_batches_never_exceed_max_batch_size(start):
+    batcher, recorder = start(max_batch_size=3, max_queue_delay_ms=50)
+    recorder.gate.clear()
+    first = batcher.submit([solid(0.0)])
+    assert recorder.entered.wait(5)
+    rest = batcher.submit([solid(v / 10) for v in range(10)])  # queued while the thread is busy
+    recorder.gate.set()
+    for future in first + rest:
+        future.result(10)
+    assert max(recorder.sizes()) == 3 and sum(recorder.sizes()) == 11
+    assert recorder.sizes()[:4] == [1, 3, 3, 3]
+
+
+def test_submit_is_all_or_nothing_at_the_queue_bound(start):
+    batcher, recorder = start(max_queue_size=4)
+    recorder.gate.clear()
+    running = batcher.submit([solid(0.0)])
+    assert recorder.entered.wait(5)  # taken off the queue: the queue is empty again
+    queued = batcher.submit([solid(0.1), solid(0.2), solid(0.3)])
+    with pytest.raises(QueueFull):
+        batcher.submit([solid(0.4), solid(0.5)])  # 3 + 2 > 4: neither is queued
+    assert batcher.depth() == 3
+    queued += batcher.submit([solid(0.6)])  # 3 + 1 fits
+    assert batcher.depth() == 4
+    recorder.gate.set()
+    assert all(f.result(10).shape == (1000,) for f in running + queued)
+    assert sum(recorder.sizes()) == 5
+
+
+def test_stop_refuses_new_work_and_finishes_what_is_queued(start):
+    batcher, recorder = start(max_batch_size=2)
+    recorder.gate.clear()
+    futures = batcher.submit([solid(0.0)])
+    assert recorder.entered.wait(5)
+    futures += batcher.submit([solid(0.2), solid(0.4), solid(0.6)])
+    stopper = threading.Thread(target=batcher.stop, args=(30,))
+    stopper.start()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # stop() has set the flag once submit is refused
+        try:
+            batcher.submit([solid(1.0)])[0].result(10)
+        except BatcherStopped:
+            break
+        time.sleep(0.01)
+    else:
+        pytest.fail("submit still accepted work after stop()")
+    recorder.gate.set()
+    stopper.join(30)
+    assert not stopper.is_alive()
+    assert all(future.done() and future.exception() is None for future in futures)
+
+
+def test_each_future_gets_the_row_of_its_own_image(start, tiny):
+    batcher, recorder = start(max_queue_delay_ms=200)
+    values = [0.0, 0.15, 0.35, 0.55, 0.75, 0.95]
+    tensors = [np.full((3, 224, 224), 0.0, np.float32) for _ in values]
+    for tensor, value in zip(tensors, values):
+        tensor[0] = value  # a different red level per image: a different class from the tiny model
+        tensor[2] = 1.0 - value
+    futures = batcher.submit(tensors)
+    rows = [future.result(10) for future in futures]
+    assert recorder.sizes() == [len(values)]
+    for tensor, row in zip(tensors, rows):
+        np.testing.assert_allclose(row, tiny.run(tensor[None])[0], rtol=1e-5, atol=1e-6)
+    assert len({int(np.argmax(row)) for row in rows}) == len(values)

@@ -1,0 +1,123 @@
+"""inferd-bench: the load generator against a real in-process server, and --limit on a real tiny model."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+
+from inferd import bench, multipart
+from tests.support import config_for
+
+
+@pytest.fixture
+def server(serve, tiny_model_dir):
+    return serve(config_for(tiny_model_dir))
+
+
+@pytest.fixture
+def cat(images, tmp_path):
+    path = tmp_path / "cat.jpg"
+    path.write_bytes(images["cat.jpg"])
+    return path
+
+
+def test_multipart_body_is_one_file_part_named_file(images):
+    content_type, body = bench.multipart_body(images["cat.jpg"], "cat.jpg")
+    parts = list(multipart.iter_parts([body], multipart.parse_boundary(content_type), max_body_bytes=len(body),
+                                      max_parts=4, max_header_bytes=1024, max_part_bytes=len(body)))
+    assert [(p.name, p.filename, p.data) for p in parts] == [("file", "cat.jpg", images["cat.jpg"])]
+
+
+def test_count_mode_sends_exactly_count_requests_over_keep_alive(server, images):
+    content_type, body = bench.multipart_body(images["cat.jpg"], "cat.jpg")
+    tally = bench.run_load(server.url, body, content_type, connections=4, count=25)
+    result = bench.summarise(tally)
+    assert result["requests"] == result["ok"] == 25
+    assert result["statuses"] == {"200": 25} and result["errors"] == {}
+    assert len(tally.latencies) == 25 and result["throughput"] > 0
+    assert 0 < result["p50_ms"] <= result["p90_ms"] <= result["p99_ms"] <= result["max_ms"]
+    assert _served(server, 25) == 25  # and the server answered exactly those
+
+
+def test_duration_mode_stops_after_the_duration(server, images):
+    content_type, body = bench.multipart_body(images["cat.jpg"], "cat.jpg")
+    tally = bench.run_load(server.url, body, content_type, connections=2, duration=0.5)
+    assert tally.statuses[200] >= 1 and not tally.errors
+    assert 0.5 <= tally.elapsed < 10
+
+
+def test_error_statuses_are_tallied_not_counted_as_throughput(server):
+    content_type, body = bench.multipart_body(b"not an image at all", "notes.txt")
+    result = bench.summarise(bench.run_load(server.url, body, content_type, connections=2, count=6))
+    assert result["statuses"] == {"415": 6}
+    assert result["requests"] == 6 and result["ok"] == 0 and result["throughput"] == 0
+
+
+def test_connection_errors_are_counted_by_type():
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: every connect is refused
+    try:
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        tally = bench.run_load(url, b"x", "image/jpeg", connections=2, count=5, timeout=5)
+    finally:
+        closed.close()
+    assert tally.errors == {"ConnectionRefusedError": 5} and not tally.statuses
+    assert bench.summarise(tally)["requests"] == 5
+
+
+def test_run_load_needs_a_count_or_a_duration():
+    with pytest.raises(ValueError):
+        bench.run_load("http://127.0.0.1:1", b"", "image/jpeg")
+
+
+def test_percentile_is_nearest_rank():
+    values = [float(v) for v in range(1, 101)]
+    assert bench.percentile(values, 50) == 50.0
+    assert bench.percentile(values, 99) == 99.0
+    assert bench.percentile(values, 100) == 100.0
+    assert bench.percentile([7.0], 90) == 7.0
+    assert bench.percentile([], 50) == 0.0
+
+
+def test_command_line_json_against_a_server(server, cat, capsys):
+    assert bench.main([str(cat), "--url", server.url, "-c", "3", "-n", "12", "--warmup", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["requests"] == result["ok"] == 12 and result["statuses"] == {"200": 12}
+    assert _served(server, 15) == 15  # warm-up requests are sent but not reported
+
+
+def test_command_line_exits_1_when_a_request_fails(server, tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(b"hello")
+    assert bench.main([str(notes), "--url", server.url, "-n", "2"]) == 1
+    assert "statuses: {'415': 2}" in capsys.readouterr().out
+
+
+def test_limit_on_the_tiny_model(tiny_model_dir, cat, capsys):
+    assert bench.main([str(cat), "--limit", str(tiny_model_dir), "-n", "8", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["by_batch"]) == {"1", "2", "4", "8"}
+    assert result["throughput"] == max(result["by_batch"].values()) > 0
+    assert result["by_batch"][str(result["best_batch_size"])] == result["throughput"]
+    assert result["single_ms"] > 0
+
+
+def test_limit_counts_images_not_calls(tiny_model_dir, images):
+    calls = []
+    rate, median = bench.images_per_second(lambda size: calls.append(size), 4, None, 10)
+    assert calls == [4, 4, 4, 4]  # one warm-up call, then ceil(10 / 4) timed calls
+    assert rate > 0 and median >= 0
+
+
+def _served(server, expected: int = 0, timeout: float = 5.0) -> int:
+    """2xx answers to /infer the server itself counted, polled until `expected` or `timeout`:
+    the server records a request just after its response has gone out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        served = server.server.metrics.snapshot_json()["successful_requests"]
+        if served >= expected or time.monotonic() > deadline:
+            return served
+        time.sleep(0.01)
