@@ -106,7 +106,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class BatchingConfig:
     max_batch_size: int = 8
-    max_queue_delay_ms: float = 0.0  # Triton's default too: never delay a lone request (bench/README.md)
+    max_queue_delay_ms: float = 0.0  # Triton's default too: never delay a lone request (README.md, "Performance")
     max_queue_size: int = 128
     request_timeout: float = 30.0
 

@@ -218,7 +218,7 @@ def _session(data: bytes, path: Path, intra: int, inter: int) -> ort.InferenceSe
     # Idle intra-op threads sleep instead of spinning: they share the cores with the handler
     # threads that decode the next images. On 2 cores spinning burned 30-55% more CPU per image
     # and cost up to a quarter of the throughput under load. The price: a lone request after a
-    # 12 MP photo waits ~7 ms longer for the sleeping thread to wake (bench/README.md).
+    # 12 MP photo waits ~7 ms longer for the sleeping thread to wake (README.md, "Performance").
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(data, sess_options=options, providers=[PROVIDER])
