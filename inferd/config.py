@@ -83,57 +83,63 @@ def _text(text: str) -> str:
     return text
 
 
+def setting(default, parse: Callable[[str], object]):
+    """A config key: its default, and the function that turns its text into a value (or raises)."""
+    return field(default=default, metadata={"parse": parse})
+
+
 @dataclass(frozen=True)
 class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_connections: int = 512
-    request_timeout: float = 30.0
-    drain_timeout: float = 10.0
-    admin_token: str = ""
+    host: str = setting("127.0.0.1", _text)
+    port: int = setting(8000, _port)
+    max_connections: int = setting(512, _positive_int)
+    request_timeout: float = setting(30.0, _positive_float)
+    drain_timeout: float = setting(10.0, _non_negative_float)
+    admin_token: str = setting("", _text)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    path: str = "models/efficientnet-lite0"
-    onnx_file: str = ""
-    labels_file: str = ""
-    top_k: int = 5
-    intra_op_threads: int = 0
-    inter_op_threads: int = 1
+    path: str = setting("models/efficientnet-lite0", _text)
+    onnx_file: str = setting("", _text)
+    labels_file: str = setting("", _text)
+    top_k: int = setting(5, _positive_int)
+    intra_op_threads: int = setting(0, _non_negative_int)
+    inter_op_threads: int = setting(1, _positive_int)
 
 
 @dataclass(frozen=True)
 class BatchingConfig:
-    max_batch_size: int = 8
-    max_queue_delay_ms: float = 0.0  # Triton's default too: never delay a lone request (README.md, "Performance")
-    max_queue_size: int = 128
-    request_timeout: float = 30.0
+    max_batch_size: int = setting(8, _positive_int)
+    # 0, Triton's default too: a lone request is never delayed (README.md, "Performance").
+    max_queue_delay_ms: float = setting(0.0, _non_negative_float)
+    max_queue_size: int = setting(128, _positive_int)
+    request_timeout: float = setting(30.0, _positive_float)
 
 
 @dataclass(frozen=True)
 class LimitsConfig:
-    max_body_bytes: int = 32 * 1024 * 1024
-    max_files_per_batch: int = 32
-    max_parts: int = 64
-    max_part_header_bytes: int = 8192
-    max_header_count: int = 64
-    max_header_bytes: int = 16384
-    max_request_line: int = 8192
-    max_image_pixels: int = 64_000_000
-    allowed_formats: frozenset = KNOWN_FORMATS
-    max_inference_requests: int = 64
-    max_other_requests: int = 16
-    idle_timeout: float = 15.0
-    header_timeout: float = 10.0
-    body_timeout: float = 10.0
-    min_body_rate: int = 16384
+    max_body_bytes: int = setting(32 * 1024 * 1024, _positive_int)
+    max_files_per_batch: int = setting(32, _positive_int)
+    max_parts: int = setting(64, _positive_int)
+    max_part_header_bytes: int = setting(8192, _positive_int)
+    max_header_count: int = setting(64, _positive_int)
+    max_header_bytes: int = setting(16384, _positive_int)
+    max_request_line: int = setting(8192, _positive_int)
+    max_image_pixels: int = setting(64_000_000, _positive_int)
+    allowed_formats: frozenset = setting(KNOWN_FORMATS, _formats)
+    max_inference_requests: int = setting(64, _positive_int)
+    max_other_requests: int = setting(16, _positive_int)
+    idle_timeout: float = setting(15.0, _positive_float)
+    header_timeout: float = setting(10.0, _positive_float)
+    body_timeout: float = setting(10.0, _positive_float)
+    min_body_rate: int = setting(16384, _positive_int)
 
 
 @dataclass(frozen=True)
 class LoggingConfig:
-    level: str = "info"
-    access_log: bool = True
+    level: str = setting("info", _log_level)
+    access_log: bool = setting(True, _boolean)
 
 
 @dataclass(frozen=True)
@@ -164,40 +170,9 @@ SECTIONS: dict[str, type] = {
     "logging": LoggingConfig,
 }
 
+# Every key of every section with its validator, read off the dataclasses above.
 PARSERS: dict[tuple[str, str], Callable[[str], object]] = {
-    ("server", "host"): _text,
-    ("server", "port"): _port,
-    ("server", "max_connections"): _positive_int,
-    ("server", "request_timeout"): _positive_float,
-    ("server", "drain_timeout"): _non_negative_float,
-    ("server", "admin_token"): _text,
-    ("model", "path"): _text,
-    ("model", "onnx_file"): _text,
-    ("model", "labels_file"): _text,
-    ("model", "top_k"): _positive_int,
-    ("model", "intra_op_threads"): _non_negative_int,
-    ("model", "inter_op_threads"): _positive_int,
-    ("batching", "max_batch_size"): _positive_int,
-    ("batching", "max_queue_delay_ms"): _non_negative_float,
-    ("batching", "max_queue_size"): _positive_int,
-    ("batching", "request_timeout"): _positive_float,
-    ("limits", "max_body_bytes"): _positive_int,
-    ("limits", "max_files_per_batch"): _positive_int,
-    ("limits", "max_parts"): _positive_int,
-    ("limits", "max_part_header_bytes"): _positive_int,
-    ("limits", "max_header_count"): _positive_int,
-    ("limits", "max_header_bytes"): _positive_int,
-    ("limits", "max_request_line"): _positive_int,
-    ("limits", "max_image_pixels"): _positive_int,
-    ("limits", "allowed_formats"): _formats,
-    ("limits", "max_inference_requests"): _positive_int,
-    ("limits", "max_other_requests"): _positive_int,
-    ("limits", "idle_timeout"): _positive_float,
-    ("limits", "header_timeout"): _positive_float,
-    ("limits", "body_timeout"): _positive_float,
-    ("limits", "min_body_rate"): _positive_int,
-    ("logging", "level"): _log_level,
-    ("logging", "access_log"): _boolean,
+    (section, f.name): f.metadata["parse"] for section, cls in SECTIONS.items() for f in fields(cls)
 }
 
 PATH_KEYS = {("model", "path"), ("model", "onnx_file"), ("model", "labels_file")}

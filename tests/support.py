@@ -21,7 +21,7 @@ DEFAULT_MODEL = REPO / "models" / "efficientnet-lite0"
 if str(REPO / "models") not in sys.path:
     sys.path.insert(0, str(REPO / "models"))
 
-import build as model_build  # noqa: E402  (models/build.py: build-time code, on sys.path above)
+import build as model_build  # noqa: E402,F401  (models/build.py, re-exported for fixtures)
 
 
 EXPECTED_TOP1 = {

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import io
-import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 import requests
 from PIL import Image
 
-from tests.support import EXPECTED_TOP1, REPO
+from tests.support import REPO
 
 
 def solid_png(rgb) -> bytes:
