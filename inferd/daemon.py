@@ -94,9 +94,10 @@ class Daemon:
             old = self.server.state
             ok, message = self._swap_state(old)
             self.metrics.observe_reload(ok)
-            self._write_reload_status(ok, message)
             current = self.server.state.model.name
             notify("READY=1", f"STATUS=serving {current}" + ("" if ok else f" (last reload failed: {message})"))
+            # Last: inferd-reload returns on this file, and systemd must have the status by then.
+            self._write_reload_status(ok, message)
             return ok, message
 
     def _swap_state(self, old) -> tuple[bool, str]:
