@@ -43,7 +43,7 @@ WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77
 
 TINY_MANIFEST = """\
 [model]
-name = tiny-{levels}
+name = {name}
 [input]
 size = 224
 resize = 224
@@ -145,7 +145,7 @@ def _write_companions(kind: str, out: Path, levels: int) -> None:
     if kind == "tiny":
         labels = "".join(f"r{r}g{g}b{b}\n" for r in range(levels)
                          for g in range(levels) for b in range(levels))
-        _write_if_changed(out / "model.ini", TINY_MANIFEST.format(levels=levels))
+        _write_if_changed(out / "model.ini", TINY_MANIFEST.format(name=f"tiny-{levels}"))
         _write_if_changed(out / "labels.txt", labels)
         return
     for name in ("model.ini", "labels.txt"):

@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support import model_build
+
 REPO = Path(__file__).resolve().parents[2]
 SYSTEMD = Path("/lib/systemd/systemd")
 TARGET = "inferd-test.target"
@@ -245,20 +247,8 @@ def reset(machine: Machine) -> None:
     machine.systemctl("reset-failed", "inferd.service", "inferd.socket", check=False)
 
 
-SLOW_MANIFEST = """\
-[model]
-name = {name}
-[input]
-size = 224
-resize = 224
-interpolation = bilinear
-mean = 0.0 0.0 0.0
-std = 1.0 1.0 1.0
-layout = NCHW
-value_range = 1
-[output]
-softmax = true
-"""
+# The slow graph takes colours on the 0..1 scale, like the tiny one: the same manifest.
+SLOW_MANIFEST = model_build.TINY_MANIFEST
 SLOW_SIDE = 512  # the loop multiplies two SLOW_SIDE x SLOW_SIDE matrices per iteration
 
 
