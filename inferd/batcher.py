@@ -1,7 +1,12 @@
-"""One inference thread owns the session: a bounded queue, dynamic batching, futures back to handlers.
+"""Dynamic batching in front of the session: a bounded queue, one batch at a time, futures back to handlers.
 
 A batch starts with the first queued item and closes when it holds `max_batch_size` items or
 `max_queue_delay` has passed since that first item was queued (not since the thread woke up).
+The inference thread runs the batches, except one that would close the moment it is submitted
+(nothing queued or running, and no delay to wait for company): its submitter runs it. Handing a
+lone image to a sleeping thread costs a wake-up, and on 2 cores onnxruntime's worker then often
+lands on the caller's core and the two share it: up to 7 ms more for one EfficientNet-Lite0 run
+(README.md, "Performance"). Either way only one batch is in `model.run` at a time.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ class Batcher:
         self._queue: collections.deque[_Item] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
+        self._running = False  # a batch is in model.run, on the inference thread or its submitter's
         self.heartbeat = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name=f"inference-{model.name}", daemon=True)
 
@@ -59,16 +65,30 @@ class Batcher:
         return len(self._queue)
 
     def submit(self, tensors: list[np.ndarray]) -> list[Future]:
-        """Queue all tensors or none: raises QueueFull when they do not fit, BatcherStopped after stop()."""
+        """Queue all tensors or none: raises QueueFull when they do not fit, BatcherStopped after stop().
+
+        When the tensors make a batch that closes at once, they run here, on the caller's thread,
+        and the futures are already resolved on return.
+        """
         items = [_Item(t, Future()) for t in tensors]
         with self._cond:
             if self._stopping:
                 raise BatcherStopped("the model is being unloaded")
             if len(self._queue) + len(items) > self.max_queue_size:
                 raise QueueFull(f"inference queue is full ({self.max_queue_size} images)")
-            self._queue.extend(items)
-            self._cond.notify()
+            run_here = self._closes_at_once(len(items))
+            if run_here:
+                self._running = True
+            else:
+                self._queue.extend(items)
+                self._cond.notify()
+        if run_here:
+            self._run_and_release(items)
         return [item.future for item in items]
+
+    def _closes_at_once(self, count: int) -> bool:
+        full = count == self.max_batch_size
+        return not self._queue and not self._running and count <= self.max_batch_size and (full or not self.max_delay)
 
     def stop(self, timeout: float | None = None) -> None:
         """Refuse new work, finish everything queued, and end the thread (within `timeout`)."""
@@ -78,22 +98,27 @@ class Batcher:
         self._thread.join(timeout)
 
     def alive(self, stall_after: float) -> bool:
-        """True while the thread runs and has made progress within `stall_after` seconds."""
+        """True while the thread runs and no batch has been in model.run for `stall_after` seconds."""
         return self._thread.is_alive() and time.monotonic() - self.heartbeat < stall_after
+
+    def running(self) -> bool:
+        """True while a batch is in model.run, or the inference thread has not ended."""
+        return self._running or self._thread.is_alive()
 
     def _loop(self) -> None:
         while True:
             batch = self._next_batch()
             if batch is None:
                 return
-            self._run(batch)
+            self._run_and_release(batch)
 
     def _next_batch(self) -> list[_Item] | None:
         with self._cond:
-            while not self._queue:
-                if self._stopping:
+            while not self._queue or self._running:
+                if self._stopping and not self._queue:
                     return None
-                self.heartbeat = time.monotonic()
+                if not self._running:  # a run that never returns must stop the heartbeat
+                    self.heartbeat = time.monotonic()
                 self._cond.wait(timeout=1.0)
             deadline = self._queue[0].queued_at + self.max_delay
             while len(self._queue) < self.max_batch_size and not self._stopping:
@@ -102,7 +127,16 @@ class Batcher:
                     break
                 self._cond.wait(timeout=remaining)
             count = min(self.max_batch_size, len(self._queue))
+            self._running = True
             return [self._queue.popleft() for _ in range(count)]
+
+    def _run_and_release(self, batch: list[_Item]) -> None:
+        try:
+            self._run(batch)
+        finally:
+            with self._cond:
+                self._running = False
+                self._cond.notify()
 
     def _run(self, batch: list[_Item]) -> None:
         started = time.monotonic()

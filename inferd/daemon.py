@@ -131,7 +131,7 @@ class Daemon:
         if not server.wait_idle(drain_timeout):
             log.warning("drain timeout (%.1fs): answering no more requests still in flight", drain_timeout)
         server.state.retire(max(1.0, deadline - time.monotonic()))  # >= 1 s: an idle batcher's exit
-        if server.state.batcher.alive(stall_after=float("inf")):
+        if server.state.batcher.running():
             # Interpreter shutdown under a running onnxruntime call aborts the process (SIGABRT,
             # seen in tests/system): an inference run past the drain timeout ends with the process.
             log.warning("stopped; abandoning an inference run still going after the drain timeout")

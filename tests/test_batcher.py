@@ -1,8 +1,8 @@
 """The batcher with a real (tiny) ONNX model: delay bound, batch size cap, all-or-nothing submit,
-drain on stop, and every future getting its own row.
+drain on stop, who runs a batch, and every future getting its own row.
 
-The model runs for real; `Recorder` only notes when each batch started and how big it was, and can
-hold a batch at a gate so a test decides when the inference thread is busy. Timing bounds carry a
+The model runs for real; `Recorder` only notes when each batch started, how big it was and on which
+thread, and can hold a batch at a gate so a test decides when the session is busy. Timing bounds carry a
 generous margin: they catch a timer started from the wrong moment (TorchServe #2478), not jitter.
 """
 
@@ -27,12 +27,14 @@ class Recorder:
         self.model = model
         self.name = model.name
         self.batches: list[tuple[float, int]] = []
+        self.threads: list[str] = []
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         self.batches.append((time.monotonic(), len(batch)))
+        self.threads.append(threading.current_thread().name)
         self.entered.set()
         assert self.gate.wait(30), "test never opened the gate"
         return self.model.run(batch)
@@ -64,6 +66,24 @@ def start(tiny):
 
 def solid(value: float) -> np.ndarray:
     return np.full((3, 224, 224), value, dtype=np.float32)
+
+
+class Occupied:
+    """A gated batch of one submitted from another thread (a handler's, as in the daemon); the
+    session counts as busy from construction until release()."""
+
+    def __init__(self, batcher: Batcher, recorder: Recorder):
+        self.recorder = recorder
+        self.futures: list = []
+        recorder.gate.clear()
+        self.thread = threading.Thread(target=lambda: self.futures.extend(batcher.submit([solid(0.0)])))
+        self.thread.start()
+        assert recorder.entered.wait(5), "the gated batch never started"
+
+    def release(self) -> list:
+        self.recorder.gate.set()
+        self.thread.join(10)
+        return self.futures
 
 
 def test_a_batch_closes_max_delay_after_its_first_item_not_after_the_last(start):
@@ -127,26 +147,21 @@ def test_batches_never_exceed_max_batch_size(start):
 
 def test_submit_is_all_or_nothing_at_the_queue_bound(start):
     batcher, recorder = start(max_queue_size=4)
-    recorder.gate.clear()
-    running = batcher.submit([solid(0.0)])
-    assert recorder.entered.wait(5)  # taken off the queue: the queue is empty again
+    busy = Occupied(batcher, recorder)  # running, so not in the queue
     queued = batcher.submit([solid(0.1), solid(0.2), solid(0.3)])
     with pytest.raises(QueueFull):
         batcher.submit([solid(0.4), solid(0.5)])  # 3 + 2 > 4: neither is queued
     assert batcher.depth() == 3
     queued += batcher.submit([solid(0.6)])  # 3 + 1 fits
     assert batcher.depth() == 4
-    recorder.gate.set()
-    assert all(f.result(10).shape == (1000,) for f in running + queued)
+    assert all(f.result(10).shape == (1000,) for f in busy.release() + queued)
     assert sum(recorder.sizes()) == 5
 
 
 def test_stop_refuses_new_work_and_finishes_what_is_queued(start):
     batcher, recorder = start(max_batch_size=2)
-    recorder.gate.clear()
-    futures = batcher.submit([solid(0.0)])
-    assert recorder.entered.wait(5)
-    futures += batcher.submit([solid(0.2), solid(0.4), solid(0.6)])
+    busy = Occupied(batcher, recorder)
+    futures = batcher.submit([solid(0.2), solid(0.4), solid(0.6)])
     stopper = threading.Thread(target=batcher.stop, args=(30,))
     stopper.start()
     deadline = time.monotonic() + 5
@@ -158,7 +173,7 @@ def test_stop_refuses_new_work_and_finishes_what_is_queued(start):
         time.sleep(0.01)
     else:
         pytest.fail("submit still accepted work after stop()")
-    recorder.gate.set()
+    futures += busy.release()
     stopper.join(30)
     assert not stopper.is_alive()
     assert all(future.done() and future.exception() is None for future in futures)
@@ -177,3 +192,55 @@ def test_each_future_gets_the_row_of_its_own_image(start, tiny):
     for tensor, row in zip(tensors, rows):
         np.testing.assert_allclose(row, tiny.run(tensor[None])[0], rtol=1e-5, atol=1e-6)
     assert len({int(np.argmax(row)) for row in rows}) == len(values)
+
+
+def test_a_lone_image_with_no_delay_runs_on_the_submitting_thread(start):
+    batcher, recorder = start()
+    (future,) = batcher.submit([solid(0.3)])
+    assert future.done() and future.result().shape == (1000,)
+    assert recorder.threads == [threading.current_thread().name]
+
+
+def test_images_that_arrive_while_a_batch_runs_wait_for_the_inference_thread(start):
+    batcher, recorder = start()
+    busy = Occupied(batcher, recorder)
+    queued = batcher.submit([solid(0.2), solid(0.4), solid(0.6)])
+    assert not any(f.done() for f in queued) and batcher.depth() == 3
+    busy.release()
+    assert all(f.result(10).shape == (1000,) for f in queued)
+    assert recorder.sizes() == [1, 3]
+    assert recorder.threads[0] == busy.thread.name and recorder.threads[1].startswith("inference-")
+
+
+def test_with_a_delay_a_lone_image_waits_for_company_on_the_inference_thread(start):
+    batcher, recorder = start(max_queue_delay_ms=50)
+    (future,) = batcher.submit([solid(0.3)])
+    assert not future.done()
+    future.result(10)
+    assert recorder.threads[0].startswith("inference-")
+
+
+def test_a_run_that_never_returns_stops_the_heartbeat_on_either_thread(start):
+    """The watchdog's view: alive() turns False while one batch is stuck, even one run by its submitter."""
+    batcher, recorder = start()
+    assert batcher.alive(stall_after=1.0) and batcher.running()
+    busy = Occupied(batcher, recorder)
+    try:
+        time.sleep(1.6)  # longer than the idle thread's 1 s wait, which must not refresh the heartbeat
+        assert not batcher.alive(stall_after=1.0)
+    finally:
+        busy.release()
+    busy.futures[0].result(10)
+    time.sleep(1.2)
+    assert batcher.alive(stall_after=1.0)
+
+
+def test_running_covers_a_submitter_run_after_the_thread_ended(start):
+    batcher, recorder = start()
+    busy = Occupied(batcher, recorder)
+    try:
+        batcher.stop(5)  # nothing queued: the thread ends while the submitter's batch still runs
+        assert batcher.running()
+    finally:
+        busy.release()
+    assert not batcher.running()
