@@ -11,6 +11,7 @@ from pathlib import Path
 
 COLUMNS = ("model", "image", "c", "inferd img/s", "p50 ms", "p99 ms", "limit img/s", "1-img ms",
            "ref img/s", "ref p50 ms", "inferd/limit", "inferd/ref")
+PAIRED_COLUMNS = ("model", "image", "turns", "inferd p50 ms", "in-process p50 ms", "ratio")
 
 
 def machine() -> dict:
@@ -51,19 +52,35 @@ def rows(groups) -> list[dict]:
     return out
 
 
-def render(table: list[dict], checks: list[dict], info: dict) -> str:
-    """The table, then one PASS/FAIL line per target."""
+def paired_rows(groups) -> list[dict]:
+    """One row per (model, image) measured in turns: inferd at c=1 against one image in process."""
+    return [{"model": g.model, "image": g.image, "turns": g.paired["pairs"], "inferd p50 ms": g.paired["inferd_p50_ms"],
+             "in-process p50 ms": g.paired["limit_p50_ms"], "ratio": g.paired["ratio"]}
+            for g in groups if g.paired is not None]
+
+
+def render(table: list[dict], paired: list[dict], checks: list[dict], info: dict) -> str:
+    """The table, the latencies measured in turns, then one PASS/FAIL line per target."""
     lines = [f"inferd benchmark, {info['date']}: {info['cores']} cores, {info['cpu']}, Python {info['python']}, "
              f"onnxruntime {info['onnxruntime']}"]
-    if table:
-        cells = [[_text(row[column]) for column in COLUMNS] for row in table]
-        widths = [max(len(column), *(len(cell[i]) for cell in cells)) for i, column in enumerate(COLUMNS)]
-        lines.append("  ".join(column.ljust(width) for column, width in zip(COLUMNS, widths)))
-        lines.extend("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in cells)
+    lines += _columns(table, COLUMNS)
+    if paired:
+        lines += ["", "concurrency 1 against one image in process, in turns:"] + _columns(paired, PAIRED_COLUMNS)
+    if checks:
+        lines.append("")
     width = max((len(check["name"]) for check in checks), default=0)
     lines.extend(f"{'PASS' if check['pass'] else 'FAIL'}  {check['name'].ljust(width)}  {check['value']} "
                  f"(target {check['target']})" for check in checks)
     return "\n".join(lines)
+
+
+def _columns(table: list[dict], columns: tuple[str, ...]) -> list[str]:
+    if not table:
+        return []
+    cells = [[_text(row[column]) for column in columns] for row in table]
+    widths = [max(len(column), *(len(cell[i]) for cell in cells)) for i, column in enumerate(columns)]
+    return (["  ".join(column.ljust(width) for column, width in zip(columns, widths))]
+            + ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in cells])
 
 
 def _text(value) -> str:

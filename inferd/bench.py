@@ -2,18 +2,23 @@
 
     inferd-bench IMAGE [--url http://127.0.0.1:8000] [-c CONNECTIONS] [-d SECONDS | -n COUNT] [--json]
     inferd-bench IMAGE --limit MODEL_DIR [--threads N] [-d SECONDS | -n COUNT] [--json]
+    inferd-bench IMAGE --url URL --paired MODEL_DIR [--threads N] [-d SECONDS | -n COUNT] [--json]
 
 Load mode opens CONNECTIONS keep-alive connections (http.client, one thread each) that POST the image
 as multipart (field `file`) to /infer back to back, and reports throughput, latency percentiles,
 status counts and errors. Limit mode classifies the same image in this process with inferd's own
 preprocess and model modules (decode + preprocess + session.run, no HTTP) at several batch sizes and
-reports the best. Standard library only, except what --limit imports from inferd.
+reports the best. Paired mode takes turns: one request to the server, then the same image classified
+once in this process, and again; it reports both medians and their ratio, the server's latency at
+concurrency 1 against the in-process time of one image, with the machine in the same state for
+both. Standard library only, except what --limit and --paired import from inferd.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import itertools
 import json
 import sys
 import threading
@@ -105,22 +110,28 @@ def _connection_loop(host, port, path, body, headers, timeout, budget: _Budget, 
     while budget.take():
         if connection is None:
             connection = http.client.HTTPConnection(host, port, timeout=timeout)
-        started = time.perf_counter()
         try:
-            connection.request("POST", path, body, headers)
-            answer = connection.getresponse()
-            answer.read()
+            seconds, answer = _post(connection, path, body, headers)
         except (OSError, http.client.HTTPException) as exc:
             tally.add(0.0, None, type(exc).__name__)
             connection.close()
             connection = None
             continue
-        tally.add(time.perf_counter() - started, answer.status)
+        tally.add(seconds, answer.status)
         if answer.will_close:
             connection.close()
             connection = None
     if connection is not None:
         connection.close()
+
+
+def _post(connection: http.client.HTTPConnection, path: str, body: bytes, headers: dict):
+    """(seconds, response) of one POST, the answer read in full."""
+    started = time.perf_counter()
+    connection.request("POST", path, body, headers)
+    answer = connection.getresponse()
+    answer.read()
+    return time.perf_counter() - started, answer
 
 
 # -- summaries ------------------------------------------------------------------------------------
@@ -209,6 +220,57 @@ def best_limit(rounds: list[dict]) -> dict:
             "by_batch": {str(size): round(rate, 2) for size, rate in rates.items()}}
 
 
+# -- one request at a time against one image in process ----------------------------------------------
+
+def measure_paired(url: str, model_dir: Path, data: bytes, filename: str, *, threads: int = 0,
+                   duration: float | None = 10.0, count: int | None = None, timeout: float = 60.0) -> dict:
+    """Take turns: one POST /infer of `data`, then one in-process classification of it, for
+    `duration` seconds or `count` pairs. Returns paired_summary(); raises RuntimeError on an
+    answer other than 200, ModelError or ImageError as the limit does."""
+    classify = limit_runner(model_dir, data, threads=threads, warmup_batch=1)
+    content_type, body = multipart_body(data, filename)
+    return paired_summary(*take_turns(url, body, content_type, classify, duration=duration, count=count,
+                                      timeout=timeout))
+
+
+def take_turns(url: str, body: bytes, content_type: str, classify, *, duration: float | None,
+               count: int | None, timeout: float = 60.0) -> tuple[list[float], list[float]]:
+    """(request seconds, in-process seconds), one of each per turn, after one warm-up turn.
+
+    A shared machine's speed drifts by tens of percent over minutes; measured in turns, both sides
+    of the ratio see the same moments. Runs at least one turn."""
+    if count is None and duration is None:
+        raise ValueError("give a pair count or a duration")
+    target = urlsplit(url)
+    path = target.path.rstrip("/") + "/infer"
+    headers = {"Content-Type": content_type, "Content-Length": str(len(body))}
+    connection = http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port or 80, timeout=timeout)
+    served, local = [], []
+    try:
+        deadline = None if duration is None else time.monotonic() + duration
+        for turn in (itertools.count(-1) if count is None else range(-1, count)):
+            seconds, answer = _post(connection, path, body, headers)
+            if answer.status != 200:
+                raise RuntimeError(f"{url}: POST /infer answered {answer.status}")
+            started = time.perf_counter()
+            classify(1)
+            if turn >= 0:
+                served.append(seconds)
+                local.append(time.perf_counter() - started)
+            if turn >= 0 and deadline is not None and time.monotonic() >= deadline:
+                break
+    finally:
+        connection.close()
+    return served, local
+
+
+def paired_summary(served: list[float], local: list[float]) -> dict:
+    """Medians in ms of both sides and their ratio (served / in-process)."""
+    served_ms, local_ms = percentile(sorted(served), 50) * 1000, percentile(sorted(local), 50) * 1000
+    return {"pairs": len(served), "inferd_p50_ms": round(served_ms, 2), "limit_p50_ms": round(local_ms, 2),
+            "ratio": round(served_ms / local_ms, 3)}
+
+
 # -- command line ---------------------------------------------------------------------------------
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -222,13 +284,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
     parser.add_argument("--limit", metavar="MODEL_DIR", type=Path,
                         help="measure the in-process limit of this model directory instead (no HTTP)")
-    parser.add_argument("--threads", type=int, default=0, help="with --limit: intra-op threads, 0 = cores")
+    parser.add_argument("--paired", metavar="MODEL_DIR", type=Path,
+                        help="take turns: one request to --url, one in-process classification with this model "
+                             "directory; report both medians and their ratio")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="with --limit or --paired: intra-op threads, 0 = cores")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = parser.parse_args(argv)
     if args.duration is None and args.count is None:
         args.duration = 10.0
     if args.connections < 1:
         parser.error("--connections must be >= 1")
+    if args.limit is not None and args.paired is not None:
+        parser.error("--limit and --paired do not go together")
     return args
 
 
@@ -244,6 +312,15 @@ def main(argv: list[str] | None = None) -> int:
         result = measure_limit(args.limit, data, threads=args.threads, duration=args.duration, count=args.count)
         print(json.dumps(result) if args.json else _limit_text(result))
         return 0
+    if args.paired is not None:
+        try:
+            result = measure_paired(args.url, args.paired, data, args.image.name, threads=args.threads,
+                                    duration=args.duration, count=args.count, timeout=args.timeout)
+        except (OSError, http.client.HTTPException, RuntimeError) as exc:
+            print(f"inferd-bench: {exc}", file=sys.stderr)
+            return 1
+        print(json.dumps(result) if args.json else _paired_text(result))
+        return 0
     content_type, body = multipart_body(data, args.image.name)
     if args.warmup:
         run_load(args.url, body, content_type, connections=args.connections, count=args.warmup,
@@ -258,6 +335,11 @@ def _load_text(r: dict) -> str:
     return (f"{r['requests']} requests in {r['seconds']:.2f}s: {r['throughput']:.1f} images/s\n"
             f"latency ms: p50 {r['p50_ms']:.1f}  p90 {r['p90_ms']:.1f}  p99 {r['p99_ms']:.1f}  max {r['max_ms']:.1f}\n"
             f"statuses: {r['statuses'] or '-'}  errors: {r['errors'] or '-'}")
+
+
+def _paired_text(r: dict) -> str:
+    return (f"{r['pairs']} turns: server p50 {r['inferd_p50_ms']:.1f} ms, in-process p50 {r['limit_p50_ms']:.1f} ms, "
+            f"ratio {r['ratio']:.3f}")
 
 
 def _limit_text(r: dict) -> str:

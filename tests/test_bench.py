@@ -121,3 +121,38 @@ def _served(server, expected: int = 0, timeout: float = 5.0) -> int:
         if served >= expected or time.monotonic() > deadline:
             return served
         time.sleep(0.01)
+
+
+def test_paired_takes_turns_one_request_then_one_in_process_image(server, tiny_model_dir, images):
+    content_type, body = bench.multipart_body(images["cat.jpg"], "cat.jpg")
+    order = []
+    served_before = _served(server)
+
+    def classify(size):
+        order.append(("local", size, _served(server, served_before + len(order) // 2 + 1)))
+
+    served, local = bench.take_turns(server.url, body, content_type, classify, duration=None, count=5)
+    assert len(served) == len(local) == 5 and all(s > 0 for s in served) and all(s >= 0 for s in local)
+    # one warm-up turn, then five: each classification comes after exactly one more answered request
+    assert [(size, seen - served_before) for _, size, seen in order] == [(1, n) for n in range(1, 7)]
+
+
+def test_paired_summary_is_the_ratio_of_medians():
+    result = bench.paired_summary([0.012, 0.010, 0.011], [0.010, 0.009, 0.008])
+    assert result == {"pairs": 3, "inferd_p50_ms": 11.0, "limit_p50_ms": 9.0, "ratio": round(11 / 9, 3)}
+
+
+def test_command_line_paired_against_a_server(server, tiny_model_dir, cat, capsys):
+    assert bench.main([str(cat), "--url", server.url, "--paired", str(tiny_model_dir), "-n", "4", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["pairs"] == 4 and result["inferd_p50_ms"] > 0 and result["limit_p50_ms"] > 0
+    assert result["ratio"] == round(result["inferd_p50_ms"] / result["limit_p50_ms"], 3) or abs(
+        result["ratio"] - result["inferd_p50_ms"] / result["limit_p50_ms"]) < 0.01
+    assert _served(server, 5) == 5  # a warm-up turn and four counted ones
+
+
+def test_command_line_paired_exits_1_when_the_server_refuses_the_image(server, tiny_model_dir, tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(b"hello")
+    assert bench.main([str(notes), "--url", server.url, "--paired", str(tiny_model_dir), "-n", "2"]) == 1
+    assert "answered 415" in capsys.readouterr().err
