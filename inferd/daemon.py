@@ -152,12 +152,12 @@ class Daemon:
         threading.Thread(target=self._watchdog_loop, args=(interval,), name="watchdog", daemon=True).start()
 
     def _watchdog_loop(self, interval: float) -> None:
-        """WATCHDOG=1 only while the inference thread is alive and not stuck in one batch."""
+        """WATCHDOG=1 only while the inference thread is alive and no batch is stuck in the model."""
         while not self._stopped.wait(interval):
             if self.server.state.batcher.alive(stall_after=2 * interval):
                 notify("WATCHDOG=1")
             else:
-                log.error("inference thread is stalled; withholding the watchdog ping")
+                log.error("inference is stalled; withholding the watchdog ping")
 
     def _write_reload_status(self, ok: bool, message: str) -> None:
         directory = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]

@@ -106,7 +106,7 @@ def read_labels(path: Path) -> tuple[str, ...]:
 
 
 class Model:
-    """A loaded, warmed-up model. `run` is called by one inference thread only."""
+    """A loaded, warmed-up model. The batcher calls `run` for one batch at a time."""
 
     def __init__(self, manifest: Manifest, labels: tuple[str, ...], session: ort.InferenceSession,
                  sha256: str, path: Path):
@@ -217,8 +217,8 @@ def _session(data: bytes, path: Path, intra: int, inter: int) -> ort.InferenceSe
     options.log_severity_level = 3
     # Idle intra-op threads sleep instead of spinning: they share the cores with the handler
     # threads that decode the next images. On 2 cores spinning burned 30-55% more CPU per image
-    # and cost up to a quarter of the throughput under load. The price: a lone request after a
-    # 12 MP photo waits ~7 ms longer for the sleeping thread to wake (README.md, "Performance").
+    # and cost up to a quarter of the throughput under load. The price, a slower first operator
+    # after a pause, is smallest when the decoding thread runs the model itself (batcher.py).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(data, sess_options=options, providers=[PROVIDER])

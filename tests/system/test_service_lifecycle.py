@@ -190,7 +190,7 @@ def test_wedged_inference_thread_trips_the_watchdog(inferd, slow_model, bright_p
     client.join(60)
     assert restarted["NRestarts"] == "1"
     assert outcome and outcome[0] != 200  # the wedged request died with its process
-    inferd.unit_log("inference thread is stalled; withholding the watchdog ping", "Watchdog timeout (limit 3s)!",
+    inferd.unit_log("inference is stalled; withholding the watchdog ping", "Watchdog timeout (limit 3s)!",
                     "Failed with result 'watchdog'")
     assert health(inferd.url()).status_code == 200
     print(f"wedged inference thread: restarted {detected:.1f}s after the request started")
