@@ -4,8 +4,8 @@
     inferd-bench IMAGE --limit MODEL_DIR [--threads N] [-d SECONDS | -n COUNT] [--json]
     inferd-bench IMAGE --url URL --paired MODEL_DIR [--threads N] [-d SECONDS | -n COUNT] [--json]
 
-Load mode opens CONNECTIONS keep-alive connections (http.client, one thread each) that POST the image
-as multipart (field `file`) to /infer back to back, and reports throughput, latency percentiles,
+Load mode opens CONNECTIONS keep-alive connections (one thread each) that POST the image as
+multipart (field `file`) to /infer back to back, and reports throughput, latency percentiles,
 status counts and errors. Limit mode classifies the same image in this process with inferd's own
 preprocess and model modules (decode + preprocess + session.run, no HTTP) at several batch sizes and
 reports the best. Paired mode takes turns: one request to the server, then the same image classified
@@ -20,6 +20,7 @@ import argparse
 import http.client
 import itertools
 import json
+import socket
 import sys
 import threading
 import time
@@ -30,6 +31,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 LIMIT_BATCH_SIZES = (1, 2, 4, 8)
+MAX_ANSWER_HEAD = 65536
 
 
 # -- requests -------------------------------------------------------------------------------------
@@ -40,6 +42,76 @@ def multipart_body(data: bytes, filename: str, field_name: str = "file") -> tupl
     head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field_name}\"; "
             f"filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n").encode()
     return f"multipart/form-data; boundary={boundary}", head + data + f"\r\n--{boundary}--\r\n".encode()
+
+
+def prepared_request(url: str, path: str, body: bytes, content_type: str) -> bytes:
+    """The whole POST request, head and body, to send as is on every turn."""
+    target = urlsplit(url)
+    head = (f"POST {target.path.rstrip('/')}{path} HTTP/1.1\r\nHost: {target.netloc}\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n")
+    return head.encode("latin-1") + body
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection that sends a prepared request and reads the whole answer.
+
+    Not http.client: it parses every answer's headers through email.parser, ~0.25 ms per request
+    here, which a latency figure would charge to the server. An answer must carry Content-Length
+    or end with the connection; anything else raises http.client.HTTPException.
+    """
+
+    def __init__(self, host: str, port: int, timeout: float):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buffer = b""
+
+    def exchange(self, request: bytes) -> tuple[int, bool]:
+        """Send `request`, read the answer; returns (status, whether the server closes the connection)."""
+        self.sock.sendall(request)
+        status, length, closes = parse_answer_head(self._read_head())
+        if length is None:
+            while self.sock.recv(65536):
+                pass
+            return status, True
+        while len(self.buffer) < length:
+            self._fill(http.client.IncompleteRead(self.buffer, length - len(self.buffer)))
+        self.buffer = self.buffer[length:]
+        return status, closes
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _read_head(self) -> bytes:
+        while (end := self.buffer.find(b"\r\n\r\n")) < 0:
+            if len(self.buffer) > MAX_ANSWER_HEAD:
+                raise http.client.LineTooLong("answer head")
+            self._fill(http.client.RemoteDisconnected("the server closed the connection without an answer"))
+        head, self.buffer = self.buffer[:end], self.buffer[end + 4:]
+        return head
+
+    def _fill(self, at_end: Exception) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            raise at_end
+        self.buffer += data
+
+
+def parse_answer_head(head: bytes) -> tuple[int, int | None, bool]:
+    """(status, Content-Length or None, whether the connection closes after this answer)."""
+    status_line, *lines = head.split(b"\r\n")
+    version, _, rest = status_line.partition(b" ")
+    if not version.startswith(b"HTTP/1.") or not rest[:3].isdigit():
+        raise http.client.BadStatusLine(status_line.decode("latin-1"))
+    fields = {}
+    for line in lines:
+        name, _, value = line.partition(b":")
+        fields[name.strip().lower()] = value.strip().lower()
+    if b"transfer-encoding" in fields:
+        raise http.client.HTTPException("a chunked answer (this client needs Content-Length)")
+    connection = fields.get(b"connection", b"")
+    closes = connection == b"close" or (version == b"HTTP/1.0" and connection != b"keep-alive")
+    length = fields.get(b"content-length")
+    return int(rest[:3]), (int(length) if length is not None else None), closes
 
 
 @dataclass
@@ -91,8 +163,7 @@ def run_load(url: str, body: bytes, content_type: str, *, connections: int = 1, 
         raise ValueError("give a request count or a duration")
     target = urlsplit(url)
     budget, tally = _Budget(count, duration), Tally()
-    headers = {"Content-Type": content_type, "Content-Length": str(len(body))}
-    args = (target.hostname or "127.0.0.1", target.port or 80, (target.path.rstrip("/") + path), body, headers,
+    args = (target.hostname or "127.0.0.1", target.port or 80, prepared_request(url, path, body, content_type),
             timeout, budget, tally)
     threads = [threading.Thread(target=_connection_loop, args=args, daemon=True) for _ in range(connections)]
     started = time.monotonic()
@@ -104,34 +175,27 @@ def run_load(url: str, body: bytes, content_type: str, *, connections: int = 1, 
     return tally
 
 
-def _connection_loop(host, port, path, body, headers, timeout, budget: _Budget, tally: Tally) -> None:
-    """One client connection: send, read the whole answer, repeat; reconnect after any error."""
+def _connection_loop(host, port, request: bytes, timeout, budget: _Budget, tally: Tally) -> None:
+    """One client connection: send, read the whole answer, repeat; reconnect after any error.
+    A request's time includes connecting when it opened the connection."""
     connection = None
     while budget.take():
-        if connection is None:
-            connection = http.client.HTTPConnection(host, port, timeout=timeout)
+        started = time.perf_counter()
         try:
-            seconds, answer = _post(connection, path, body, headers)
-        except (OSError, http.client.HTTPException) as exc:
+            connection = connection or Connection(host, port, timeout)
+            status, closes = connection.exchange(request)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
             tally.add(0.0, None, type(exc).__name__)
-            connection.close()
+            if connection is not None:
+                connection.close()
             connection = None
             continue
-        tally.add(seconds, answer.status)
-        if answer.will_close:
+        tally.add(time.perf_counter() - started, status)
+        if closes:
             connection.close()
             connection = None
     if connection is not None:
         connection.close()
-
-
-def _post(connection: http.client.HTTPConnection, path: str, body: bytes, headers: dict):
-    """(seconds, response) of one POST, the answer read in full."""
-    started = time.perf_counter()
-    connection.request("POST", path, body, headers)
-    answer = connection.getresponse()
-    answer.read()
-    return time.perf_counter() - started, answer
 
 
 # -- summaries ------------------------------------------------------------------------------------
@@ -242,16 +306,17 @@ def take_turns(url: str, body: bytes, content_type: str, classify, *, duration: 
     if count is None and duration is None:
         raise ValueError("give a pair count or a duration")
     target = urlsplit(url)
-    path = target.path.rstrip("/") + "/infer"
-    headers = {"Content-Type": content_type, "Content-Length": str(len(body))}
-    connection = http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port or 80, timeout=timeout)
+    request = prepared_request(url, "/infer", body, content_type)
+    connection = Connection(target.hostname or "127.0.0.1", target.port or 80, timeout)
     served, local = [], []
     try:
         deadline = None if duration is None else time.monotonic() + duration
         for turn in (itertools.count(-1) if count is None else range(-1, count)):
-            seconds, answer = _post(connection, path, body, headers)
-            if answer.status != 200:
-                raise RuntimeError(f"{url}: POST /infer answered {answer.status}")
+            started = time.perf_counter()
+            status, closes = connection.exchange(request)
+            seconds = time.perf_counter() - started
+            if status != 200 or closes:
+                raise RuntimeError(f"{url}: POST /infer answered {status}" + (", closing" if closes else ""))
             started = time.perf_counter()
             classify(1)
             if turn >= 0:

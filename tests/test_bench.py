@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import socket
+import threading
 import time
 
 import pytest
@@ -156,3 +159,62 @@ def test_command_line_paired_exits_1_when_the_server_refuses_the_image(server, t
     notes.write_bytes(b"hello")
     assert bench.main([str(notes), "--url", server.url, "--paired", str(tiny_model_dir), "-n", "2"]) == 1
     assert "answered 415" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("head, expected", [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\nContent-Type: application/json", (200, 12, False)),
+    (b"HTTP/1.1 503 Service Unavailable\r\nconnection: Close\r\ncontent-length: 40", (503, 40, True)),
+    (b"HTTP/1.0 200 OK\r\nContent-Length: 3", (200, 3, True)),
+    (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 3", (200, 3, False)),
+    (b"HTTP/1.1 200 OK\r\nConnection: close", (200, None, True)),
+])
+def test_answer_heads_give_status_length_and_whether_the_connection_closes(head, expected):
+    assert bench.parse_answer_head(head) == expected
+
+
+@pytest.mark.parametrize("head", [b"garbage", b"HTTP/1.1 OK", b"SPDY/3 200 OK"])
+def test_a_malformed_status_line_is_an_error(head):
+    with pytest.raises(http.client.BadStatusLine):
+        bench.parse_answer_head(head)
+
+
+def test_a_chunked_answer_is_an_error_not_a_misread_connection():
+    with pytest.raises(http.client.HTTPException):
+        bench.parse_answer_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked")
+
+
+@pytest.mark.parametrize("answer, error", [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort", "IncompleteRead"),
+    (b"HTTP/1.1 200 OK\r\nContent-Le", "RemoteDisconnected"),
+    (b"", "RemoteDisconnected"),
+])
+def test_a_server_that_hangs_up_early_is_counted_by_error_type(answer, error):
+    with _one_answer_server(answer) as url:
+        tally = bench.run_load(url, b"x", "image/jpeg", count=1, timeout=5)
+    assert tally.errors == {error: 1} and not tally.statuses
+
+
+def test_an_answer_ended_by_closing_the_connection_is_read_whole():
+    with _one_answer_server(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"x" * 200_000) as url:
+        tally = bench.run_load(url, b"x", "image/jpeg", count=1, timeout=5)
+    assert tally.statuses == {200: 1} and not tally.errors
+
+
+@contextlib.contextmanager
+def _one_answer_server(answer: bytes):
+    """A real socket that reads one request, writes `answer` and closes."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        thread.join(5)
+        listener.close()
