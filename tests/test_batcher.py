@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from inferd import model as model_module
+from inferd import api, config, model as model_module
 from inferd.batcher import Batcher, BatcherStopped, QueueFull
 
 MARGIN = 0.08  # seconds of scheduling slack on a busy 2-core machine
@@ -244,3 +245,27 @@ def test_running_covers_a_submitter_run_after_the_thread_ended(start):
     finally:
         busy.release()
     assert not batcher.running()
+
+
+def test_the_request_timeout_cuts_off_a_queued_image_not_a_running_batch(start):
+    """[batching] request_timeout bounds the wait for a result: an image queued behind a stuck
+    batch gets 503, while the request whose batch is running (on its own thread) gets its answer."""
+    batcher, recorder = start()
+    state = SimpleNamespace(config=config.parse("[batching]\nrequest_timeout = 0.3\n", "<test>"), batcher=batcher)
+    recorder.gate.clear()
+    lone: list = []
+    runner = threading.Thread(target=lambda: lone.extend(api._infer_all(state, [solid(0.0)], time.monotonic())))
+    runner.start()
+    try:
+        assert recorder.entered.wait(5)
+        began = time.monotonic()
+        with pytest.raises(api.HTTPError) as refused:
+            api._infer_all(state, [solid(0.5)], began)
+        assert refused.value.http_status == 503 and "timed out" in str(refused.value)
+        assert 0.3 - 0.01 <= time.monotonic() - began < 0.3 + MARGIN * 5
+        time.sleep(0.2)  # the running batch is now past the timeout too
+    finally:
+        recorder.gate.set()
+        runner.join(10)
+    ((scores, seconds),) = lone
+    assert scores.shape == (1000,) and seconds > 0.3
