@@ -115,7 +115,7 @@ def classify(state, metrics, uploads: list[Upload], top_k: int) -> list:
 
 def _infer_all(state, tensors: list, submitted: float) -> list:
     """(scores, seconds since submit) per tensor; raises QueueFull, BatcherStopped, HTTPError 503."""
-    futures = state.batcher.submit(tensors) if tensors else []
+    futures = state.batcher.submit(tensors, alone=state.leased_once()) if tensors else []
     timeout = state.config.batching.request_timeout
     return [(_wait(future, submitted, timeout), time.monotonic() - submitted) for future in futures]
 

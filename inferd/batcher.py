@@ -2,11 +2,12 @@
 
 A batch starts with the first queued item and closes when it holds `max_batch_size` items or
 `max_queue_delay` has passed since that first item was queued (not since the thread woke up).
-The inference thread runs the batches, except one that would close the moment it is submitted
-(nothing queued or running, and no delay to wait for company): its submitter runs it. Handing a
-lone image to a sleeping thread costs a wake-up, and on 2 cores onnxruntime's worker then often
-lands on the caller's core and the two share it: up to 7 ms more for one EfficientNet-Lite0 run
-(README.md, "Performance"). Either way only one batch is in `model.run` at a time.
+The inference thread runs the batches, except one from a request that is alone (no other request
+in flight, nothing queued or running, no delay to wait for company): its submitter runs it.
+Handing a lone image to a sleeping thread costs a wake-up, and on 2 cores onnxruntime's worker
+then often lands on the caller's core and the two share it: up to 7 ms more for one
+EfficientNet-Lite0 run (README.md, "Performance"). Under load the inference thread keeps running
+batch after batch without a hand-off. Either way only one batch is in `model.run` at a time.
 """
 
 from __future__ import annotations
@@ -64,11 +65,12 @@ class Batcher:
     def depth(self) -> int:
         return len(self._queue)
 
-    def submit(self, tensors: list[np.ndarray]) -> list[Future]:
+    def submit(self, tensors: list[np.ndarray], *, alone: bool = False) -> list[Future]:
         """Queue all tensors or none: raises QueueFull when they do not fit, BatcherStopped after stop().
 
-        When the tensors make a batch that closes at once, they run here, on the caller's thread,
-        and the futures are already resolved on return.
+        `alone`: the caller's request is the only one in flight. When it is and the tensors make a
+        batch that closes at once, they run here, on the caller's thread, and the futures are
+        already resolved on return.
         """
         items = [_Item(t, Future()) for t in tensors]
         with self._cond:
@@ -76,7 +78,7 @@ class Batcher:
                 raise BatcherStopped("the model is being unloaded")
             if len(self._queue) + len(items) > self.max_queue_size:
                 raise QueueFull(f"inference queue is full ({self.max_queue_size} images)")
-            run_here = self._closes_at_once(len(items))
+            run_here = alone and self._closes_at_once(len(items))
             if run_here:
                 self._running = True
             else:

@@ -26,6 +26,10 @@ class State:
         self._leases = 0
         self._changed = threading.Condition()
 
+    def leased_once(self) -> bool:
+        """True when exactly one request holds this state (the caller's, under its lease)."""
+        return self._leases == 1
+
     @contextlib.contextmanager
     def lease(self):
         with self._changed:

@@ -17,6 +17,7 @@ import pytest
 
 from inferd import api, config, model as model_module
 from inferd.batcher import Batcher, BatcherStopped, QueueFull
+from inferd.state import State
 
 MARGIN = 0.08  # seconds of scheduling slack on a busy 2-core machine
 
@@ -70,14 +71,15 @@ def solid(value: float) -> np.ndarray:
 
 
 class Occupied:
-    """A gated batch of one submitted from another thread (a handler's, as in the daemon); the
-    session counts as busy from construction until release()."""
+    """A gated batch of one submitted from another thread by a request that is alone, so that
+    thread runs it (a handler's, as in the daemon); the session counts as busy from construction
+    until release()."""
 
     def __init__(self, batcher: Batcher, recorder: Recorder):
         self.recorder = recorder
         self.futures: list = []
         recorder.gate.clear()
-        self.thread = threading.Thread(target=lambda: self.futures.extend(batcher.submit([solid(0.0)])))
+        self.thread = threading.Thread(target=lambda: self.futures.extend(batcher.submit([solid(0.0)], alone=True)))
         self.thread.start()
         assert recorder.entered.wait(5), "the gated batch never started"
 
@@ -197,9 +199,28 @@ def test_each_future_gets_the_row_of_its_own_image(start, tiny):
 
 def test_a_lone_image_with_no_delay_runs_on_the_submitting_thread(start):
     batcher, recorder = start()
-    (future,) = batcher.submit([solid(0.3)])
+    (future,) = batcher.submit([solid(0.3)], alone=True)
     assert future.done() and future.result().shape == (1000,)
     assert recorder.threads == [threading.current_thread().name]
+
+
+def test_under_load_even_an_idle_session_is_left_to_the_inference_thread(start):
+    """Other requests in flight will submit soon: the inference thread runs batch after batch
+    without handing the session back and forth."""
+    batcher, recorder = start()
+    (future,) = batcher.submit([solid(0.3)], alone=False)
+    future.result(10)
+    assert recorder.threads[0].startswith("inference-")
+
+
+def test_a_state_knows_when_one_request_holds_it(tiny):
+    state = State(config.parse("", "<test>"), tiny, batcher=None)
+    assert not state.leased_once()
+    with state.lease():
+        assert state.leased_once()
+        with state.lease():
+            assert not state.leased_once()
+        assert state.leased_once()
 
 
 def test_images_that_arrive_while_a_batch_runs_wait_for_the_inference_thread(start):
@@ -215,7 +236,7 @@ def test_images_that_arrive_while_a_batch_runs_wait_for_the_inference_thread(sta
 
 def test_with_a_delay_a_lone_image_waits_for_company_on_the_inference_thread(start):
     batcher, recorder = start(max_queue_delay_ms=50)
-    (future,) = batcher.submit([solid(0.3)])
+    (future,) = batcher.submit([solid(0.3)], alone=True)
     assert not future.done()
     future.result(10)
     assert recorder.threads[0].startswith("inference-")
@@ -251,7 +272,8 @@ def test_the_request_timeout_cuts_off_a_queued_image_not_a_running_batch(start):
     """[batching] request_timeout bounds the wait for a result: an image queued behind a stuck
     batch gets 503, while the request whose batch is running (on its own thread) gets its answer."""
     batcher, recorder = start()
-    state = SimpleNamespace(config=config.parse("[batching]\nrequest_timeout = 0.3\n", "<test>"), batcher=batcher)
+    state = SimpleNamespace(config=config.parse("[batching]\nrequest_timeout = 0.3\n", "<test>"), batcher=batcher,
+                            leased_once=lambda: True)
     recorder.gate.clear()
     lone: list = []
     runner = threading.Thread(target=lambda: lone.extend(api._infer_all(state, [solid(0.0)], time.monotonic())))
