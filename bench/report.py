@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -52,6 +53,21 @@ def rows(groups) -> list[dict]:
     return out
 
 
+ROUND_COLUMNS = ("model", "image", "inferd/limit by round", "median", "inferd/ref by round", "median ")
+
+
+def round_rows(groups) -> list[dict]:
+    """One row per (model, image): inferd's throughput ratios within each round, and their medians."""
+    rows = []
+    for g in groups:
+        limit, reference = g.by_round.get("limit", []), g.by_round.get("reference", [])
+        rows.append({"model": g.model, "image": g.image, "inferd/limit by round": " ".join(map(str, limit)),
+                     "median": round(statistics.median(limit), 3) if limit else "",
+                     "inferd/ref by round": " ".join(map(str, reference)),
+                     "median ": round(statistics.median(reference), 3) if reference else ""})
+    return rows
+
+
 def paired_rows(groups) -> list[dict]:
     """One row per (model, image) measured in turns: inferd at c=1 against one image in process."""
     return [{"model": g.model, "image": g.image, "turns": g.paired["pairs"], "inferd p50 ms": g.paired["inferd_p50_ms"],
@@ -59,11 +75,14 @@ def paired_rows(groups) -> list[dict]:
             for g in groups if g.paired is not None]
 
 
-def render(table: list[dict], paired: list[dict], checks: list[dict], info: dict) -> str:
-    """The table, the latencies measured in turns, then one PASS/FAIL line per target."""
+def render(table: list[dict], by_round: list[dict], paired: list[dict], checks: list[dict], info: dict) -> str:
+    """The table, the ratios within rounds, the latencies measured in turns, one PASS/FAIL line per target."""
     lines = [f"inferd benchmark, {info['date']}: {info['cores']} cores, {info['cpu']}, Python {info['python']}, "
              f"onnxruntime {info['onnxruntime']}"]
     lines += _columns(table, COLUMNS)
+    if by_round:
+        lines += ["", "throughput ratios within each round (best concurrency or batch size of that round):"]
+        lines += _columns(by_round, ROUND_COLUMNS)
     if paired:
         lines += ["", "concurrency 1 against one image in process, in turns:"] + _columns(paired, PAIRED_COLUMNS)
     if checks:

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     _raise_priority(args.nice)
     workdir = servers.scratch_dir()
-    table, paired, checks, extra = [], [], [], {}
+    table, by_round, paired, checks, extra = [], [], [], [], {}
     try:
         pictures = images.write_images(RESULTS / "images")
         if "throughput" in args.only:
@@ -55,10 +55,11 @@ def main(argv: list[str] | None = None) -> int:
                                            concurrency=tuple(args.concurrency), models=tuple(args.models),
                                            inferd_config=args.inferd_config.replace("\\n", "\n"))
             groups = throughput.run(pictures, settings, workdir)
-            table, paired = report.rows(groups), report.paired_rows(groups)
+            table, by_round, paired = report.rows(groups), report.round_rows(groups), report.paired_rows(groups)
             checks += [check for group in groups for check in group.checks()]
             extra["limits"] = {f"{g.model} / {g.image}": g.limit for g in groups}
             extra["paired"] = paired
+            extra["by_round"] = by_round
         if "memory" in args.only:
             from . import memory
             result = memory.run(pictures, workdir, requests=args.requests, reloads=args.reloads)
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     extra["total_seconds"] = round(time.monotonic() - began, 1)
     info = report.machine()
-    print(report.render(table, paired, checks, info))
+    print(report.render(table, by_round, paired, checks, info))
     json_path, csv_path = report.write(RESULTS, table, checks, info, extra)
     progress(f"done in {extra['total_seconds']:.0f}s; wrote {json_path.relative_to(servers.REPO)} and "
              f"{csv_path.relative_to(servers.REPO)}")

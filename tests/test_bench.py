@@ -132,7 +132,7 @@ def test_paired_takes_turns_one_request_then_one_in_process_image(server, tiny_m
     served_before = _served(server)
 
     def classify(size):
-        order.append(("local", size, _served(server, served_before + len(order) // 2 + 1)))
+        order.append(("local", size, _served(server, served_before + len(order) + 1)))
 
     served, local = bench.take_turns(server.url, body, content_type, classify, duration=None, count=5)
     assert len(served) == len(local) == 5 and all(s > 0 for s in served) and all(s >= 0 for s in local)
@@ -218,3 +218,14 @@ def _one_answer_server(answer: bytes):
     finally:
         thread.join(5)
         listener.close()
+
+
+def test_make_bench_divides_within_each_round_then_takes_the_median():
+    from bench.throughput import ratios_by_round
+
+    limit_rounds = [{1: (10.0, 0.1), 4: (12.0, 0.3)}, {1: (20.0, 0.05), 4: (18.0, 0.2)}, {1: (16.0, 0.06), 4: (15.0, 0.3)}]
+    rounds = {("inferd", 1): [{"throughput": 9.0}, {"throughput": 19.0}, {"throughput": 15.0}],
+              ("inferd", 4): [{"throughput": 12.0}, {"throughput": 17.0}, {"throughput": 16.0}],
+              ("reference", 1): [{"throughput": 4.0}, {"throughput": 5.0}, {"throughput": 8.0}]}
+    ratios = ratios_by_round(limit_rounds, rounds)
+    assert ratios == {"limit": [1.0, 0.95, 1.0], "reference": [3.0, 3.8, 2.0]}
