@@ -27,7 +27,8 @@ class State:
         self._changed = threading.Condition()
 
     def leased_once(self) -> bool:
-        """True when exactly one request holds this state (the caller's, under its lease)."""
+        """True when exactly one request holds this state (the caller's, under its lease).
+        Read without the lock: a stale answer only makes the batcher pick the other thread."""
         return self._leases == 1
 
     @contextlib.contextmanager

@@ -223,7 +223,8 @@ def _one_answer_server(answer: bytes):
 def test_make_bench_divides_within_each_round_then_takes_the_median():
     from bench.throughput import ratios_by_round
 
-    limit_rounds = [{1: (10.0, 0.1), 4: (12.0, 0.3)}, {1: (20.0, 0.05), 4: (18.0, 0.2)}, {1: (16.0, 0.06), 4: (15.0, 0.3)}]
+    limit_rounds = [{1: (10.0, 0.1), 4: (12.0, 0.3)}, {1: (20.0, 0.05), 4: (18.0, 0.2)},
+                    {1: (16.0, 0.06), 4: (15.0, 0.3)}]
     rounds = {("inferd", 1): [{"throughput": 9.0}, {"throughput": 19.0}, {"throughput": 15.0}],
               ("inferd", 4): [{"throughput": 12.0}, {"throughput": 17.0}, {"throughput": 16.0}],
               ("reference", 1): [{"throughput": 4.0}, {"throughput": 5.0}, {"throughput": 8.0}]}
