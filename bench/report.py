@@ -53,7 +53,7 @@ def rows(groups) -> list[dict]:
     return out
 
 
-ROUND_COLUMNS = ("model", "image", "inferd/limit by round", "median", "inferd/ref by round", "median ")
+ROUND_COLUMNS = ("model", "image", "inferd/limit by round", "limit median", "inferd/ref by round", "ref median")
 
 
 def round_rows(groups) -> list[dict]:
@@ -62,9 +62,9 @@ def round_rows(groups) -> list[dict]:
     for g in groups:
         limit, reference = g.by_round.get("limit", []), g.by_round.get("reference", [])
         rows.append({"model": g.model, "image": g.image, "inferd/limit by round": " ".join(map(str, limit)),
-                     "median": round(statistics.median(limit), 3) if limit else "",
+                     "limit median": round(statistics.median(limit), 3) if limit else "",
                      "inferd/ref by round": " ".join(map(str, reference)),
-                     "median ": round(statistics.median(reference), 3) if reference else ""})
+                     "ref median": round(statistics.median(reference), 3) if reference else ""})
     return rows
 
 

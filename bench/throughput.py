@@ -58,10 +58,6 @@ class Group:
     paired: dict | None = None  # inferd.bench.paired_summary(): inferd at c=1 and one image in process, in turns
     by_round: dict = field(default_factory=dict)  # "limit" / "reference" -> inferd's ratio to it in each round
 
-    def best(self, system: str) -> tuple[int, dict]:
-        """(concurrency, result) with the highest throughput for `system`."""
-        return max(((c, r) for (s, c), r in self.load.items() if s == system), key=lambda cr: cr[1]["throughput"])
-
     def checks(self) -> list[dict]:
         """The issue's targets for this group, each {"name", "value", "target", "pass"}."""
         out = [_check(f"inferd/limit, median of rounds, {self.model}, {self.image}",

@@ -60,8 +60,9 @@ class Connection:
     or end with the connection; anything else raises http.client.HTTPException.
     """
 
-    def __init__(self, host: str, port: int, timeout: float):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, url: str, timeout: float):
+        target = urlsplit(url)
+        self.sock = socket.create_connection((target.hostname or "127.0.0.1", target.port or 80), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buffer = b""
 
@@ -161,10 +162,8 @@ def run_load(url: str, body: bytes, content_type: str, *, connections: int = 1, 
     """
     if count is None and duration is None:
         raise ValueError("give a request count or a duration")
-    target = urlsplit(url)
     budget, tally = _Budget(count, duration), Tally()
-    args = (target.hostname or "127.0.0.1", target.port or 80, prepared_request(url, path, body, content_type),
-            timeout, budget, tally)
+    args = (url, prepared_request(url, path, body, content_type), timeout, budget, tally)
     threads = [threading.Thread(target=_connection_loop, args=args, daemon=True) for _ in range(connections)]
     started = time.monotonic()
     for thread in threads:
@@ -175,14 +174,14 @@ def run_load(url: str, body: bytes, content_type: str, *, connections: int = 1, 
     return tally
 
 
-def _connection_loop(host, port, request: bytes, timeout, budget: _Budget, tally: Tally) -> None:
+def _connection_loop(url: str, request: bytes, timeout, budget: _Budget, tally: Tally) -> None:
     """One client connection: send, read the whole answer, repeat; reconnect after any error.
     A request's time includes connecting when it opened the connection."""
     connection = None
     while budget.take():
         started = time.perf_counter()
         try:
-            connection = connection or Connection(host, port, timeout)
+            connection = connection or Connection(url, timeout)
             status, closes = connection.exchange(request)
         except (OSError, http.client.HTTPException, ValueError) as exc:
             tally.add(0.0, None, type(exc).__name__)
@@ -305,9 +304,8 @@ def take_turns(url: str, body: bytes, content_type: str, classify, *, duration: 
     of the ratio see the same moments. Runs at least one turn."""
     if count is None and duration is None:
         raise ValueError("give a pair count or a duration")
-    target = urlsplit(url)
     request = prepared_request(url, "/infer", body, content_type)
-    connection = Connection(target.hostname or "127.0.0.1", target.port or 80, timeout)
+    connection = Connection(url, timeout)
     served, local = [], []
     try:
         deadline = None if duration is None else time.monotonic() + duration
