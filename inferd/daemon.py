@@ -20,7 +20,7 @@ from . import state as state_module
 from .config import Config, ConfigError
 from .metrics import InferdMetrics
 from .model import ModelError
-from .server import InferdServer
+from .server import INFERENCE_ROUTE_LABELS, ROUTE_LABELS, InferdServer
 from .systemd import listen_sockets, monotonic_usec, notify, watchdog_interval
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ RELOAD_STATUS_FILE = "reload-status.json"
 class Daemon:
     def __init__(self, load_config: Callable[[], Config]):
         self.load_config = load_config
-        self.metrics = InferdMetrics()
+        self.metrics = InferdMetrics(ROUTE_LABELS, INFERENCE_ROUTE_LABELS)
         self.events: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.server: InferdServer | None = None
         self._reload_lock = threading.Lock()

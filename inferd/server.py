@@ -25,7 +25,8 @@ from email.utils import formatdate
 from http import HTTPStatus
 from urllib.parse import parse_qs
 
-from . import __version__, api, httpio, metrics as metrics_module
+from . import __version__, api, httpio
+from .metrics import negotiate
 from .api import HTTPError, Upload
 from .batcher import BatcherStopped, QueueFull
 from .connections import CLOSE, KEEP, LINGER, Connection, HandlerThreads, WaitingRoom
@@ -257,7 +258,7 @@ class Handler:
     def _metrics(self, query):
         fmt = query.get("format", [None])[-1]
         try:
-            kind = metrics_module.negotiate(self.headers.get("Accept"), fmt)
+            kind = negotiate(self.headers.get("Accept"), fmt)
         except ValueError as exc:
             raise HTTPError(400, str(exc)) from None
         content_type, body = self.server.metrics.render(kind)
@@ -328,6 +329,8 @@ ROUTES = {
 }
 
 EXPECTED_5XX = (HTTPError, QueueFull, BatcherStopped)
+ROUTE_LABELS = tuple(ROUTES)
+INFERENCE_ROUTE_LABELS = tuple(path.decode() for path in INFERENCE_PATHS)
 
 
 def authorize_admin(token: str, authorization: str | None, client_host: str) -> None:

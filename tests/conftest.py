@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import DEFAULT_MODEL, DaemonProcess, InProcessServer, NotifySocket, model_build
+from tests.support import DEFAULT_MODEL, DaemonProcess, InProcessServer, NotifySocket, model_build, new_metrics
 
 
 @pytest.fixture(scope="session")
@@ -89,13 +89,12 @@ def start_daemon(tmp_path):
 def serve():
     """serve(config) -> an InferdServer on 127.0.0.1:0 in this process, with its model loaded."""
     from inferd import state as state_module
-    from inferd.metrics import InferdMetrics
     from inferd.server import InferdServer
 
     running: list[InProcessServer] = []
 
     def start(config, reload_model=None) -> InProcessServer:
-        metrics = InferdMetrics()
+        metrics = new_metrics()
         state = state_module.build(config, metrics)
         metrics.set_model(state.model.name, state.model.sha256, state.loaded_at)
         server = InferdServer(("127.0.0.1", 0), state, metrics, reload_model=reload_model)

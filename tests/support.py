@@ -112,3 +112,11 @@ def config_for(model_dir: Path, **sections) -> "object":
         lines.append(f"[{section}]")
         lines.extend(f"{key} = {value}" for key, value in values.items())
     return config.parse("\n".join(lines), "<test>")
+
+
+def new_metrics(**options):
+    """InferdMetrics over the server's route table."""
+    from inferd.metrics import InferdMetrics
+    from inferd.server import INFERENCE_ROUTE_LABELS, ROUTE_LABELS
+
+    return InferdMetrics(ROUTE_LABELS, INFERENCE_ROUTE_LABELS, **options)

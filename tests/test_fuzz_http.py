@@ -24,7 +24,7 @@ from PIL import Image
 
 from inferd import api, multipart
 from inferd.api import HTTPError
-from tests.support import config_for
+from tests.support import config_for, new_metrics
 
 REGRESSIONS = Path(__file__).parent / "data" / "http-regressions"
 STUCK_AFTER = 5.0
@@ -44,14 +44,13 @@ class ErrorLog(logging.Handler):
 def fuzz_server(tiny_model_dir):
     """One server for every example: small limits and short timeouts, errors logged are collected."""
     from inferd import state as state_module
-    from inferd.metrics import InferdMetrics
     from inferd.server import InferdServer
 
     config = config_for(tiny_model_dir, limits={
         "max_body_bytes": 200_000, "max_files_per_batch": 3, "max_parts": 6, "max_header_count": 16,
         "max_header_bytes": 4096, "max_request_line": 1024, "header_timeout": 2, "idle_timeout": 2,
         "body_timeout": 2}, logging={"access_log": "false"})
-    metrics = InferdMetrics()
+    metrics = new_metrics()
     state = state_module.build(config, metrics)
     server = InferdServer(("127.0.0.1", 0), state, metrics, reload_model=lambda: (True, "ok"))
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)

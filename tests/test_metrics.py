@@ -19,8 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from inferd import metrics
 from inferd.metrics import (
     CONTENT_TYPE_JSON, CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, Counter, Gauge, Histogram,
-    InferdMetrics, Registry, negotiate, render, route_label,
+    InferdMetrics, Registry, format_openmetrics, format_text, negotiate, render,
 )
+from tests.support import new_metrics
 
 HELP = 'Requests with "quotes", a back\\slash\nand a newline.'
 NASTY = 'a"b\\c\nd'
@@ -92,11 +93,11 @@ demo_up 0
 
 
 def test_golden_text():
-    assert small_registry().render_text() == GOLDEN_TEXT
+    assert format_text(small_registry().collect()) == GOLDEN_TEXT
 
 
 def test_golden_openmetrics():
-    assert small_registry().render_openmetrics() == GOLDEN_OPENMETRICS
+    assert format_openmetrics(small_registry().collect()) == GOLDEN_OPENMETRICS
 
 
 def test_golden_outputs_round_trip_through_the_parsers():
@@ -119,7 +120,7 @@ UNICODE = st.characters(blacklist_categories=("Cs",))  # any code point UTF-8 ca
 def test_any_help_and_label_value_survive_both_formats(help_text, value):
     r = Registry()
     Counter("x_total", help_text, ("v",), registry=r).labels(v=value).inc()
-    for parse, text in [(parse_text, r.render_text()), (parse_openmetrics, r.render_openmetrics())]:
+    for parse, text in [(parse_text, format_text(r.collect())), (parse_openmetrics, format_openmetrics(r.collect()))]:
         (family,) = parse(text)
         assert family.documentation == help_text
         assert [s.labels for s in family.samples] == [{"v": value}]
@@ -206,19 +207,19 @@ def test_negotiate_rejects_an_unknown_format(fmt):
 
 def test_render_content_types():
     m = populated(process=False)  # process metrics move between two renders
-    assert render(m, "prometheus")[0] == CONTENT_TYPE_TEXT == "text/plain; version=0.0.4; charset=utf-8"
+    assert m.render("prometheus")[0] == CONTENT_TYPE_TEXT == "text/plain; version=0.0.4; charset=utf-8"
     content_type, body = m.render("openmetrics")
     assert content_type == CONTENT_TYPE_OPENMETRICS
     assert content_type == "application/openmetrics-text; version=1.0.0; charset=utf-8"
     assert body.endswith(b"\n# EOF\n")
-    content_type, body = render(m, "json")
+    content_type, body = m.render("json")
     assert content_type == CONTENT_TYPE_JSON
     assert json.loads(body)["total_requests"] == m.snapshot_json()["total_requests"]
-    assert render(m.registry, "prometheus") == render(m, "prometheus")
+    assert render("prometheus", m.registry) == m.render("prometheus")
     with pytest.raises(TypeError):
-        render(m.registry, "json")
+        render("json", m.registry)
     with pytest.raises(ValueError):
-        render(m, "xml")
+        m.render("xml")
 
 
 # -- InferdMetrics ------------------------------------------------------------------------------
@@ -233,7 +234,7 @@ class FakeClock:
 
 
 def populated(process=True):
-    m = InferdMetrics(clock=FakeClock(), onnxruntime_version="1.32.0", process=process)
+    m = new_metrics(clock=FakeClock(), onnxruntime_version="1.32.0", process=process)
     m.observe_request("/infer", "POST", 200, 0.02)
     m.observe_request("/infer", "POST", 200, 0.04)
     m.observe_request("/infer", "POST", 415, 0.001)
@@ -267,7 +268,7 @@ def samples_of(families):
 
 
 def test_strict_openmetrics_parser_accepts_a_populated_render():
-    families = samples_of(parse_openmetrics(populated().registry.render_openmetrics()))
+    families = samples_of(parse_openmetrics(format_openmetrics(populated().registry.collect())))
     expected = {
         "inferd_http_requests", "inferd_http_request_duration_seconds",
         "inferd_http_requests_in_flight", "inferd_images", "inferd_preprocess_seconds",
@@ -283,43 +284,43 @@ def test_strict_openmetrics_parser_accepts_a_populated_render():
 
 
 def test_text_parser_accepts_a_populated_render():
-    families = samples_of(parse_text(populated().registry.render_text()))
+    families = samples_of(parse_text(format_text(populated().registry.collect())))
     assert "inferd_http_requests" in families and "process_cpu_seconds" in families
     (depth,) = families["inferd_queue_depth"]
     assert depth.value == 7
 
 
 def test_unknown_paths_and_methods_never_get_series_of_their_own():
-    text = populated().registry.render_text()
+    text = format_text(populated().registry.collect())
     assert "wp-login" not in text and "PROPFIND" not in text and "DELETE" not in text
     assert 'inferd_http_requests_total{route="other",method="other",code="404"} 1' in text
     assert 'inferd_http_requests_total{route="/infer",method="other",code="405"} 1' in text
     assert 'inferd_http_requests_total{route="/infer",method="POST",code="other"} 1' in text
-    assert route_label("/infer?top_k=5") == "/infer"
-    assert route_label("/infer/") == "other"
-    assert route_label("/INFER") == "other"
+    assert populated().route_label("/infer?top_k=5") == "/infer"
+    assert populated().route_label("/infer/") == "other"
+    assert populated().route_label("/INFER") == "other"
 
 
 def test_set_model_replaces_the_info_sample():
-    m = InferdMetrics(process=False)
+    m = new_metrics(process=False)
     m.set_model("a", "1" * 64, 10.0)
     m.set_model("b", "2" * 64, 20.0)
-    families = samples_of(parse_openmetrics(m.registry.render_openmetrics()))
+    families = samples_of(parse_openmetrics(format_openmetrics(m.registry.collect())))
     assert [s.labels["name"] for s in families["inferd_model_info"]] == ["b"]
     assert families["inferd_model_loaded_timestamp_seconds"][0].value == 20.0
     assert m.snapshot_json()["model"] == {"name": "b", "sha256": "2" * 64, "loaded_at": 20.0}
 
 
 def test_a_failing_queue_depth_source_drops_the_sample_not_the_scrape():
-    m = InferdMetrics(process=False)
+    m = new_metrics(process=False)
     m.set_queue_depth_source(lambda: 1 // 0)
-    assert samples_of(parse_openmetrics(m.registry.render_openmetrics()))["inferd_queue_depth"] == []
+    assert samples_of(parse_openmetrics(format_openmetrics(m.registry.collect())))["inferd_queue_depth"] == []
     assert m.snapshot_json()["queue_depth"] is None
 
 
 def test_observe_image_rejects_unknown_outcomes():
     with pytest.raises(ValueError, match="outcome"):
-        InferdMetrics(process=False).observe_image("meh")
+        new_metrics(process=False).observe_image("meh")
 
 
 # -- promtool -----------------------------------------------------------------------------------
@@ -337,7 +338,7 @@ def promtool_check(text):
 
 @needs_promtool
 def test_promtool_finds_nothing_in_the_text_format():
-    assert promtool_check(populated().registry.render_text()) == (0, "")
+    assert promtool_check(format_text(populated().registry.collect())) == (0, "")
 
 
 @needs_promtool
@@ -345,7 +346,7 @@ def test_promtool_on_openmetrics_flags_only_what_it_cannot_parse():
     # promtool check metrics only has the 0.0.4 parser (prometheus/prometheus#8932): it reads an
     # OpenMetrics counter's "name_total" samples as a family of their own without HELP. Anything
     # beyond that, or a parse error (exit 1), would be ours.
-    code, output = promtool_check(populated().registry.render_openmetrics())
+    code, output = promtool_check(format_openmetrics(populated().registry.collect()))
     counters = ["inferd_http_requests_total", "inferd_images_total", "inferd_reloads_total",
                 "process_cpu_seconds_total"]
     assert code in (0, 3), output
@@ -358,7 +359,7 @@ def test_promtool_on_openmetrics_flags_only_what_it_cannot_parse():
 def test_json_agrees_with_the_text_view():
     m = populated()
     view = m.snapshot_json()
-    families = samples_of(parse_text(m.registry.render_text()))
+    families = samples_of(parse_text(format_text(m.registry.collect())))
     inference = [s for s in families["inferd_http_requests"]
                  if s.labels["route"] in ("/infer", "/infer/batch")]
     assert view["total_requests"] == sum(s.value for s in inference) == 7
@@ -386,7 +387,7 @@ def test_json_agrees_with_the_text_view():
 
 
 def test_json_before_any_request_has_no_invented_numbers():
-    view = InferdMetrics(clock=FakeClock(), process=False).snapshot_json()
+    view = new_metrics(clock=FakeClock(), process=False).snapshot_json()
     assert view["total_requests"] == 0
     for key in ("success_rate", "average_latency_ms", "p95_latency_ms", "p99_latency_ms", "model"):
         assert view[key] is None
@@ -395,7 +396,7 @@ def test_json_before_any_request_has_no_invented_numbers():
 
 def test_json_rate_and_percentiles_use_the_documented_windows():
     clock = FakeClock(1000.0)
-    m = InferdMetrics(clock=clock, process=False)
+    m = new_metrics(clock=clock, process=False)
     for ms in range(1, 2001):  # 2000 inference requests, 1 ms .. 2000 ms
         m.observe_request("/infer", "POST", 200, ms / 1000)
     m.observe_request("/health", "GET", 200, 60.0)  # not an inference request: no effect below
@@ -415,7 +416,7 @@ def test_json_rate_and_percentiles_use_the_documented_windows():
 
 
 def test_exact_counts_under_threads_while_scraping():
-    m = InferdMetrics(process=False)
+    m = new_metrics(process=False)
     threads, per_thread = 8, 10_000
     start = threading.Barrier(threads + 1)
     stop = threading.Event()
@@ -433,7 +434,7 @@ def test_exact_counts_under_threads_while_scraping():
         start.wait()
         while not stop.is_set():
             try:
-                families = samples_of(parse_openmetrics(m.registry.render_openmetrics()))
+                families = samples_of(parse_openmetrics(format_openmetrics(m.registry.collect())))
                 # One lock for every family: a scrape never sees a request counted but not timed.
                 for s in families["inferd_http_requests"]:
                     count = [c for c in families["inferd_http_request_duration_seconds"]
@@ -466,7 +467,7 @@ def test_exact_counts_under_threads_while_scraping():
     assert view["images"]["ok"] == n
     assert view["batches"] == {"count": n, "images": 2 * n, "average_size": 2.0,
                                "average_inference_ms": 250.0}
-    families = samples_of(parse_openmetrics(m.registry.render_openmetrics()))
+    families = samples_of(parse_openmetrics(format_openmetrics(m.registry.collect())))
     sums = {s.labels["route"]: s.value for s in families["inferd_http_request_duration_seconds"]
             if s.name.endswith("_sum")}
     assert sums["/infer"] == sums["/health"] == 0.5 * n / 2

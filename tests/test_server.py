@@ -30,7 +30,7 @@ from PIL import Image
 
 from inferd import server as server_module
 from inferd.api import HTTPError
-from tests.support import EXPECTED_TOP1, config_for
+from tests.support import EXPECTED_TOP1, config_for, new_metrics
 
 LEVELS = 10
 
@@ -524,12 +524,11 @@ def netns():
 
 def test_admin_from_a_real_non_loopback_address(netns, tiny_model_dir):
     from inferd import state as state_module
-    from inferd.metrics import InferdMetrics
     from inferd.server import InferdServer
 
     host_ip, run = netns
     for token, expected in (("", "403"), ("tok", "401")):
-        metrics = InferdMetrics()
+        metrics = new_metrics()
         state = state_module.build(config_for(tiny_model_dir, server={"admin_token": token}), metrics)
         srv = InferdServer((host_ip, 0), state, metrics, reload_model=lambda: (True, "ok"))
         thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
