@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inferd import bench as loadgen
+from inferd.tools import bench as loadgen
 
 from . import servers
 from .progress import progress

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from inferd import bench, multipart
+from inferd import multipart
+from inferd.tools import bench
 from tests.support import config_for
 
 

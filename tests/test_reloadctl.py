@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 
-from inferd import reloadctl
+from inferd.tools import reloadctl
 
 FAKE_DAEMON = r"""
 import json, os, signal, sys, time
@@ -159,14 +159,14 @@ def test_command_line_uses_runtime_directory_and_journal_prefix(tmp_path, fake_d
     """As systemd runs it: RUNTIME_DIRECTORY and JOURNAL_STREAM set, output prefixed for journald."""
     proc = fake_daemon("ok")
     env = {**os.environ, "RUNTIME_DIRECTORY": str(tmp_path), "JOURNAL_STREAM": "8:1234"}
-    result = subprocess.run([sys.executable, "-m", "inferd.reloadctl", "--pid", str(proc.pid)],
+    result = subprocess.run([sys.executable, "-m", "inferd.tools.reloadctl", "--pid", str(proc.pid)],
                             env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("<6>inferd-reload: reloaded (generation 2)")
 
 
 def test_does_not_import_onnxruntime_or_numpy():
-    code = "import sys, inferd.reloadctl; print(sorted({'onnxruntime', 'numpy'} & set(sys.modules)))"
+    code = "import sys, inferd.tools.reloadctl; print(sorted({'onnxruntime', 'numpy'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert result.stdout.strip() == "[]"
 
