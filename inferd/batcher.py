@@ -2,8 +2,8 @@
 
 A batch starts with the first queued item and closes when it holds `max_batch_size` items or
 `max_queue_delay` has passed since that first item was queued (not since the thread woke up).
-The inference thread runs the batches, except one from a request that is alone (no other request
-in flight, nothing queued or running, no delay to wait for company): its submitter runs it.
+The inference thread runs the batches, except one from a user that is alone (no other user holds
+the batcher, nothing is queued or running, no delay to wait for company): its submitter runs it.
 Handing a lone image to a sleeping thread costs a wake-up, and on 2 cores onnxruntime's worker
 then often lands on the caller's core and the two share it: up to 7 ms more for one
 EfficientNet-Lite0 run (README.md, "Performance"). Under load the inference thread keeps running
@@ -13,6 +13,7 @@ batch after batch without a hand-off. Either way only one batch is in `model.run
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
 import time
@@ -55,6 +56,8 @@ class Batcher:
         self._cond = threading.Condition()
         self._stopping = False
         self._running = False  # a batch is in model.run, on the inference thread or its submitter's
+        self._users = 0  # holders of user(): requests that may submit
+        self._users_changed = threading.Condition()
         self.heartbeat = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name=f"inference-{model.name}", daemon=True)
 
@@ -65,13 +68,35 @@ class Batcher:
     def depth(self) -> int:
         return len(self._queue)
 
-    def submit(self, tensors: list[np.ndarray], *, alone: bool = False) -> list[Future]:
+    @contextlib.contextmanager
+    def user(self):
+        """Hold the batcher as one user (a request that may submit). A user that is alone gets
+        its batch run on its own thread (see the module docstring); `wait_unused` waits for none."""
+        with self._users_changed:
+            self._users += 1
+        try:
+            yield self
+        finally:
+            with self._users_changed:
+                self._users -= 1
+                self._users_changed.notify_all()
+
+    def users(self) -> int:
+        return self._users
+
+    def wait_unused(self, timeout: float | None = None) -> bool:
+        """Block until no user holds the batcher (or `timeout` passes); True when none does."""
+        with self._users_changed:
+            return self._users_changed.wait_for(lambda: self._users == 0, timeout)
+
+    def submit(self, tensors: list[np.ndarray]) -> list[Future]:
         """Queue all tensors or none: raises QueueFull when they do not fit, BatcherStopped after stop().
 
-        `alone`: the caller's request is the only one in flight. When it is and the tensors make a
-        batch that closes at once, they run here, on the caller's thread, and the futures are
-        already resolved on return.
+        When the caller is the batcher's only user and the tensors make a batch that closes at
+        once, they run here, on the caller's thread, and the futures are already resolved on return.
+        The user count is read without its lock: a stale answer only picks the other thread.
         """
+        alone = self._users == 1
         items = [_Item(t, Future()) for t in tensors]
         with self._cond:
             if self._stopping:

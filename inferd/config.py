@@ -83,16 +83,17 @@ def _text(text: str) -> str:
     return text
 
 
-def setting(default, parse: Callable[[str], object]):
-    """A config key: its default, and the function that turns its text into a value (or raises)."""
-    return field(default=default, metadata={"parse": parse})
+def setting(default, parse: Callable[[str], object], *, restart: bool = False):
+    """A config key: its default, the function that turns its text into a value (or raises), and
+    whether a change needs a restart (a reload keeps the old value in force)."""
+    return field(default=default, metadata={"parse": parse, "restart": restart})
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    host: str = setting("127.0.0.1", _text)
-    port: int = setting(8000, _port)
-    max_connections: int = setting(512, _positive_int)
+    host: str = setting("127.0.0.1", _text, restart=True)
+    port: int = setting(8000, _port, restart=True)
+    max_connections: int = setting(512, _positive_int, restart=True)
     request_timeout: float = setting(30.0, _positive_float)
     drain_timeout: float = setting(10.0, _non_negative_float)
     admin_token: str = setting("", _text)
@@ -128,8 +129,8 @@ class LimitsConfig:
     max_request_line: int = setting(8192, _positive_int)
     max_image_pixels: int = setting(64_000_000, _positive_int)
     allowed_formats: frozenset = setting(KNOWN_FORMATS, _formats)
-    max_inference_requests: int = setting(64, _positive_int)
-    max_other_requests: int = setting(16, _positive_int)
+    max_inference_requests: int = setting(64, _positive_int, restart=True)
+    max_other_requests: int = setting(16, _positive_int, restart=True)
     idle_timeout: float = setting(15.0, _positive_float)
     header_timeout: float = setting(10.0, _positive_float)
     body_timeout: float = setting(10.0, _positive_float)
@@ -174,6 +175,11 @@ SECTIONS: dict[str, type] = {
 PARSERS: dict[tuple[str, str], Callable[[str], object]] = {
     (section, f.name): f.metadata["parse"] for section, cls in SECTIONS.items() for f in fields(cls)
 }
+
+# The keys a reload cannot change: the listening socket and the thread and connection caps.
+RESTART_ONLY: tuple[tuple[str, str], ...] = tuple(
+    (section, f.name) for section, cls in SECTIONS.items() for f in fields(cls) if f.metadata["restart"]
+)
 
 PATH_KEYS = {("model", "path"), ("model", "onnx_file"), ("model", "labels_file")}
 
@@ -280,17 +286,7 @@ def load(path: str | os.PathLike, env: Mapping[str, str] | None = None,
     return parse(text, source, env, overrides)
 
 
-def defaults_as_ini() -> str:
-    """Every key with its default, in INI form (the shape of inferd.conf.example)."""
-    lines = []
-    for section, cls in SECTIONS.items():
-        lines.append(f"[{section}]")
-        for f in fields(cls):
-            default = f.default
-            if isinstance(default, frozenset):
-                default = " ".join(sorted(default))
-            elif isinstance(default, bool):
-                default = str(default).lower()
-            lines.append(f"{f.name} = {default}")
-        lines.append("")
-    return "\n".join(lines)
+def restart_only_changes(old: Config, new: Config) -> list[str]:
+    """The restart-only keys whose value differs between `old` and `new`, as "[section] key"."""
+    return [f"[{section}] {key}" for section, key in RESTART_ONLY
+            if getattr(getattr(old, section), key) != getattr(getattr(new, section), key)]

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import DEFAULT_MODEL, DaemonProcess, InProcessServer, NotifySocket, model_build, new_metrics
+from tests.support import (DEFAULT_MODEL, DaemonProcess, InProcessServer, NotifySocket, model_build,
+                           start_in_process)
 
 
 @pytest.fixture(scope="session")
@@ -87,24 +88,14 @@ def start_daemon(tmp_path):
 
 @pytest.fixture
 def serve():
-    """serve(config) -> an InferdServer on 127.0.0.1:0 in this process, with its model loaded."""
-    from inferd import state as state_module
-    from inferd.server import InferdServer
-
+    """serve(config, reload_model=None) -> an inferd HTTP server on 127.0.0.1:0 in this process,
+    its model loaded; reload requests run `reload_model` (default: a real reload of `config`)."""
     running: list[InProcessServer] = []
 
     def start(config, reload_model=None) -> InProcessServer:
-        metrics = new_metrics()
-        state = state_module.build(config, metrics)
-        metrics.set_model(state.model.name, state.model.sha256, state.loaded_at)
-        server = InferdServer(("127.0.0.1", 0), state, metrics, reload_model=reload_model)
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        thread.start()
-        running.append(InProcessServer(server, thread, f"http://127.0.0.1:{server.server_address[1]}"))
+        running.append(start_in_process(config, reload=reload_model))
         return running[-1]
 
     yield start
     for item in running:
-        item.server.shutdown()
-        item.server.server_close()
-        item.server.state.retire(5.0)
+        item.close()

@@ -96,9 +96,48 @@ class DaemonProcess:
 
 @dataclass
 class InProcessServer:
-    server: object
+    """An inferd HTTP server in this process, assembled as the daemon assembles it; a thread stands
+    in for the daemon's main loop and answers reload requests (with `reload`, or a real reload)."""
+
+    daemon: object
     thread: threading.Thread
     url: str
+
+    @property
+    def server(self):
+        return self.daemon.server
+
+    def close(self) -> None:
+        self.daemon.control.post(None)  # ends the main loop
+        self.server.shutdown()
+        self.server.server_close()
+        self.daemon.repository.stop(5.0)
+
+
+def start_in_process(config, reload=None, address=("127.0.0.1", 0)) -> InProcessServer:
+    """serve_forever and a main loop on threads of their own; no signal handlers are installed."""
+    from inferd.daemon import Daemon, answer
+
+    daemon = Daemon(lambda: config)
+    daemon.open(_at(config, address))
+    reload = reload or daemon.reload
+
+    def main_loop():
+        while (event := daemon.control.next_event()) is not None:
+            answer(event, reload)
+
+    threading.Thread(target=main_loop, name="test-main-loop", daemon=True).start()
+    thread = threading.Thread(target=daemon.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    host, port = daemon.server.server_address[:2]
+    return InProcessServer(daemon, thread, f"http://{host}:{port}")
+
+
+def _at(config, address):
+    """`config` listening on `address` (host, port)."""
+    from dataclasses import replace
+
+    return replace(config, server=replace(config.server, host=address[0], port=address[1]))
 
 
 def config_for(model_dir: Path, **sections) -> "object":
@@ -115,8 +154,10 @@ def config_for(model_dir: Path, **sections) -> "object":
 
 
 def new_metrics(**options):
-    """InferdMetrics over the server's route table."""
+    """InferdMetrics over the route table."""
+    from inferd.http.router import Router
     from inferd.metrics import InferdMetrics
-    from inferd.server import INFERENCE_ROUTE_LABELS, ROUTE_LABELS
+    from inferd.routes import ROUTES
 
-    return InferdMetrics(ROUTE_LABELS, INFERENCE_ROUTE_LABELS, **options)
+    router = Router(ROUTES)
+    return InferdMetrics(router.labels(), router.inference_labels(), **options)

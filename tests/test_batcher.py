@@ -15,9 +15,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from inferd import api, config, model as model_module
+from inferd import config, model as model_module
 from inferd.batcher import Batcher, BatcherStopped, QueueFull
-from inferd.state import State
+from inferd.service import InferenceTimeout, Lease
 
 MARGIN = 0.08  # seconds of scheduling slack on a busy 2-core machine
 
@@ -79,9 +79,13 @@ class Occupied:
         self.recorder = recorder
         self.futures: list = []
         recorder.gate.clear()
-        self.thread = threading.Thread(target=lambda: self.futures.extend(batcher.submit([solid(0.0)], alone=True)))
+        self.thread = threading.Thread(target=self._submit_alone, args=(batcher,))
         self.thread.start()
         assert recorder.entered.wait(5), "the gated batch never started"
+
+    def _submit_alone(self, batcher: Batcher) -> None:
+        with batcher.user():
+            self.futures.extend(batcher.submit([solid(0.0)]))
 
     def release(self) -> list:
         self.recorder.gate.set()
@@ -199,7 +203,8 @@ def test_each_future_gets_the_row_of_its_own_image(start, tiny):
 
 def test_a_lone_image_with_no_delay_runs_on_the_submitting_thread(start):
     batcher, recorder = start()
-    (future,) = batcher.submit([solid(0.3)], alone=True)
+    with batcher.user():
+        (future,) = batcher.submit([solid(0.3)])
     assert future.done() and future.result().shape == (1000,)
     assert recorder.threads == [threading.current_thread().name]
 
@@ -208,19 +213,21 @@ def test_under_load_even_an_idle_session_is_left_to_the_inference_thread(start):
     """Other requests in flight will submit soon: the inference thread runs batch after batch
     without handing the session back and forth."""
     batcher, recorder = start()
-    (future,) = batcher.submit([solid(0.3)], alone=False)
+    with batcher.user(), batcher.user():  # another request holds the batcher too
+        (future,) = batcher.submit([solid(0.3)])
     future.result(10)
     assert recorder.threads[0].startswith("inference-")
 
 
-def test_a_state_knows_when_one_request_holds_it(tiny):
-    state = State(config.parse("", "<test>"), tiny, batcher=None)
-    assert not state.leased_once()
-    with state.lease():
-        assert state.leased_once()
-        with state.lease():
-            assert not state.leased_once()
-        assert state.leased_once()
+def test_a_batcher_counts_the_requests_that_hold_it(start):
+    batcher, _ = start()
+    assert batcher.users() == 0 and batcher.wait_unused(0)
+    with batcher.user():
+        assert batcher.users() == 1 and not batcher.wait_unused(0)
+        with batcher.user():
+            assert batcher.users() == 2
+        assert batcher.users() == 1
+    assert batcher.users() == 0 and batcher.wait_unused(0)
 
 
 def test_images_that_arrive_while_a_batch_runs_wait_for_the_inference_thread(start):
@@ -236,7 +243,8 @@ def test_images_that_arrive_while_a_batch_runs_wait_for_the_inference_thread(sta
 
 def test_with_a_delay_a_lone_image_waits_for_company_on_the_inference_thread(start):
     batcher, recorder = start(max_queue_delay_ms=50)
-    (future,) = batcher.submit([solid(0.3)], alone=True)
+    with batcher.user():
+        (future,) = batcher.submit([solid(0.3)])
     assert not future.done()
     future.result(10)
     assert recorder.threads[0].startswith("inference-")
@@ -272,17 +280,22 @@ def test_the_request_timeout_cuts_off_a_queued_image_not_a_running_batch(start):
     """[batching] request_timeout bounds the wait for a result: an image queued behind a stuck
     batch gets 503, while the request whose batch is running (on its own thread) gets its answer."""
     batcher, recorder = start()
-    state = SimpleNamespace(config=config.parse("[batching]\nrequest_timeout = 0.3\n", "<test>"), batcher=batcher,
-                            leased_once=lambda: True)
+    lease = Lease(config.parse("[batching]\nrequest_timeout = 0.3\n", "<test>"), SimpleNamespace(batcher=batcher),
+                  metrics=None)
     recorder.gate.clear()
     lone: list = []
-    runner = threading.Thread(target=lambda: lone.extend(api._infer_all(state, [solid(0.0)], time.monotonic())))
+
+    def alone():
+        with batcher.user():
+            lone.extend(lease._infer([solid(0.0)], time.monotonic()))
+
+    runner = threading.Thread(target=alone)
     runner.start()
     try:
         assert recorder.entered.wait(5)
         began = time.monotonic()
-        with pytest.raises(api.HTTPError) as refused:
-            api._infer_all(state, [solid(0.5)], began)
+        with batcher.user(), pytest.raises(InferenceTimeout) as refused:
+            lease._infer([solid(0.5)], began)
         assert refused.value.http_status == 503 and "timed out" in str(refused.value)
         assert 0.3 - 0.01 <= time.monotonic() - began < 0.3 + MARGIN * 5
         time.sleep(0.2)  # the running batch is now past the timeout too

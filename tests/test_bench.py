@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from inferd import multipart
+from inferd.http import multipart
 from inferd.tools import bench
 from tests.support import config_for
 

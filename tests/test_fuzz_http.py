@@ -22,9 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from inferd import api, multipart
-from inferd.api import HTTPError
-from tests.support import config_for, new_metrics
+from inferd.http import multipart
+from inferd.http.errors import HTTPError
+from inferd.routes import uploads
+from tests.support import config_for, start_in_process
 
 REGRESSIONS = Path(__file__).parent / "data" / "http-regressions"
 STUCK_AFTER = 5.0
@@ -43,25 +44,16 @@ class ErrorLog(logging.Handler):
 @pytest.fixture(scope="module")
 def fuzz_server(tiny_model_dir):
     """One server for every example: small limits and short timeouts, errors logged are collected."""
-    from inferd import state as state_module
-    from inferd.server import InferdServer
-
     config = config_for(tiny_model_dir, limits={
         "max_body_bytes": 200_000, "max_files_per_batch": 3, "max_parts": 6, "max_header_count": 16,
         "max_header_bytes": 4096, "max_request_line": 1024, "header_timeout": 2, "idle_timeout": 2,
         "body_timeout": 2}, logging={"access_log": "false"})
-    metrics = new_metrics()
-    state = state_module.build(config, metrics)
-    server = InferdServer(("127.0.0.1", 0), state, metrics, reload_model=lambda: (True, "ok"))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
+    served = start_in_process(config, reload=lambda: (True, "ok"))
     errors = ErrorLog()
     logging.getLogger("inferd").addHandler(errors)
-    yield server, errors
+    yield served.server, errors
     logging.getLogger("inferd").removeHandler(errors)
-    server.shutdown()
-    server.server_close()
-    state.retire(5.0)
+    served.close()
 
 
 def exchange(port: int, data: bytes) -> bytes:
@@ -286,17 +278,18 @@ class _Limits:
     max_body_bytes = 10_000
     max_parts = 4
     max_part_header_bytes = 200
+    max_files_per_batch = 3
 
 
 @settings(max_examples=300, deadline=None)
 @given(content_type=st.text(max_size=80) | st.just("multipart/form-data; boundary=fuzzb"),
        body=MULTIPART | st.binary(max_size=300), cuts=st.lists(st.integers(0, 400), max_size=4))
 def test_the_server_side_multipart_reader_raises_only_typed_errors(content_type, body, cuts):
-    """What the server calls (api.uploads_from_multipart): MultipartError or HTTPError, each with
-    a 4xx status, and nothing else for any Content-Type and body."""
+    """What the routes call (routes.uploads.uploads): MultipartError or HTTPError, each with a 4xx
+    status, and nothing else for any Content-Type and body (cut anywhere)."""
     points = sorted({min(c, len(body)) for c in cuts} | {0, len(body)})
-    chunks = [body[a:b] for a, b in zip(points, points[1:])]
+    body = b"".join(body[a:b] for a, b in zip(points, points[1:]))
     try:
-        api.uploads_from_multipart(content_type, iter(chunks), _Limits, ("file", "files"), 3)
+        uploads.uploads(content_type, body, _Limits, ("file", "files"))
     except (multipart.MultipartError, HTTPError) as exc:
         assert 400 <= exc.http_status < 500

@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from inferd import multipart
-from inferd.multipart import (
+from inferd.http import multipart
+from inferd.http.multipart import (
     LimitExceeded,
     MultipartError,
     MultipartParser,

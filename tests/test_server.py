@@ -28,9 +28,10 @@ import pytest
 import requests
 from PIL import Image
 
-from inferd import server as server_module
-from inferd.api import HTTPError
-from tests.support import EXPECTED_TOP1, config_for, new_metrics
+from inferd.http.errors import HTTPError
+from inferd.http.exchange import printable
+from inferd.routes.admin import authorize_admin
+from tests.support import EXPECTED_TOP1, config_for, start_in_process
 
 LEVELS = 10
 
@@ -404,17 +405,13 @@ def test_server_errors_expose_no_internals(serve, tiny_model_dir, caplog):
 
 @pytest.fixture
 def reloadable(serve, tiny_model_dir):
-    """A server whose reload_model rebuilds its state for real; calls are recorded."""
-    from inferd import state as state_module
-
+    """A server whose reloads run for real (on the stand-in main loop); calls are recorded."""
     calls = []
     config = config_for(tiny_model_dir, server={"admin_token": "s3cret-token"})
 
     def reload_model(*args, **kwargs):
         calls.append((args, kwargs))
-        old, srv.server.state = srv.server.state, state_module.build(config, srv.server.metrics)
-        old.retire(5.0)
-        return True, "serving tiny-10"
+        return srv.daemon.reload()
 
     srv = serve(config, reload_model=reload_model)
     srv.calls = calls
@@ -470,10 +467,10 @@ def test_failed_reload_answer_names_no_paths(serve, tiny_model_dir):
 ])
 def test_authorize_admin(token, authorization, host, status):
     if status is None:
-        server_module.authorize_admin(token, authorization, host)
+        authorize_admin(token, authorization, host)
     else:
         with pytest.raises(HTTPError) as raised:
-            server_module.authorize_admin(token, authorization, host)
+            authorize_admin(token, authorization, host)
         assert raised.value.http_status == status
         assert ("WWW-Authenticate" in raised.value.headers) == (status == 401)
 
@@ -523,18 +520,12 @@ def netns():
 
 
 def test_admin_from_a_real_non_loopback_address(netns, tiny_model_dir):
-    from inferd import state as state_module
-    from inferd.server import InferdServer
-
     host_ip, run = netns
     for token, expected in (("", "403"), ("tok", "401")):
-        metrics = new_metrics()
-        state = state_module.build(config_for(tiny_model_dir, server={"admin_token": token}), metrics)
-        srv = InferdServer((host_ip, 0), state, metrics, reload_model=lambda: (True, "ok"))
-        thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        thread.start()
+        config = config_for(tiny_model_dir, server={"admin_token": token})
+        served = start_in_process(config, reload=lambda: (True, "ok"), address=(host_ip, 0))
         try:
-            port = str(srv.server_address[1])
+            port = str(served.server.server_address[1])
             status = run(sys.executable, "-c", NETNS_CLIENT, host_ip, port,
                          r"POST /admin/reload HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
             assert status.split(" ")[1] == expected, status
@@ -546,9 +537,7 @@ def test_admin_from_a_real_non_loopback_address(netns, tiny_model_dir):
                               r"Content-Length: 0\r\n\r\n")
                 assert allowed.split(" ")[1] == "200"
         finally:
-            srv.shutdown()
-            srv.server_close()
-            state.retire(5.0)
+            served.close()
 
 
 # -- slow and idle clients -------------------------------------------------------------------------
@@ -649,7 +638,7 @@ def test_hundreds_of_idle_and_slow_connections_do_not_delay_good_clients(serve, 
         latencies.sort()
         assert latencies[len(latencies) // 2] < 0.25 and latencies[-1] < 1.0, latencies
         assert srv.server.room.open_connections() >= 450
-        assert srv.server.handlers.threads() <= 80  # threads follow requests, not connections
+        assert srv.server.threads.threads() <= 80  # threads follow requests, not connections
     finally:
         stop.set()
         dripper.join()
@@ -824,14 +813,14 @@ def test_client_strings_cannot_forge_log_lines(srv, caplog):
     assert len(lines) == 3
     assert all("\n" not in line and "\r" not in line and "\x1b" not in line for line in lines)
     assert "/a%0D%0AINFO%20forged?q=\\\\x" in lines[1]
-    assert server_module.printable("a\nb\x1b[0m\u00e9\\") == "a\\nb\\x1b[0m\\xe9\\\\"
+    assert printable("a\nb\x1b[0m\u00e9\\") == "a\\nb\\x1b[0m\\xe9\\\\"
 
 
 def test_draining_closes_each_connection_after_its_answer(srv):
-    srv.server.draining = True
+    srv.server.control.draining = True
     raw = Raw(srv.url).send(request_bytes("GET", "/health"))
     response = raw.response()
     assert response.status == 503 and response.json()["status"] == "draining"
     assert response.headers["connection"] == "close" and raw.closed()
     raw.close()
-    srv.server.draining = False
+    srv.server.control.draining = False

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator, Union
 from urllib.parse import unquote_to_bytes
 
+from .grammar import CTL, FieldLineError, field_line
+
 __all__ = [
     "LimitExceeded",
     "MultipartError",
@@ -97,8 +99,6 @@ Event = Union[PartStart, PartData, PartEnd]
 
 # RFC 2046 §5.1.1: 1 to 70 bchars, the last one not a space.
 _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
-# RFC 7230 §3.2.6 token, for header names.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # One parameter: key = "quoted-string" or key = bare value, up to the next ';' or the end.
 # The second alternative takes a quoted value verbatim when escape-aware reading fails, as for
 # filename="dir\" from curl or a browser (WHATWG form encoding never backslash-escapes).
@@ -108,8 +108,6 @@ _PARAM = re.compile(
     re.S,
 )
 _QUOTED_PAIR = re.compile(r'\\([\\"])')
-# Control characters other than HTAB, forbidden in header lines (RFC 7230 §3.2).
-_CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _PADDING = re.compile(rb"[ \t]*")
 
 # Parser states.
@@ -358,14 +356,10 @@ def _parse_header_lines(raw: bytes, max_headers: int) -> list[tuple[str, str]]:
     for line in text.split("\r\n") if text else ():
         if len(headers) == max_headers:
             raise LimitExceeded(f"a part has more than max_headers_per_part={max_headers} headers")
-        if _CTL.search(line):
-            raise MultipartError("control character or bare CR/LF in part headers")
-        if line[:1] in (" ", "\t"):
-            raise MultipartError("folded part header line (obs-fold, RFC 7230 §3.2.4)")
-        name, colon, value = line.partition(":")
-        if not colon or not _TOKEN.fullmatch(name):
-            raise MultipartError(f"malformed part header line {_short(line)!r}")
-        headers.append((name.lower(), value.strip(" \t")))
+        try:
+            headers.append(field_line(line, "part header"))
+        except FieldLineError as exc:
+            raise MultipartError(str(exc)) from None
     return headers
 
 
@@ -378,7 +372,7 @@ def _single_header(headers: list[tuple[str, str]], name: str) -> str | None:
 
 def _parse_header_value(value: str) -> tuple[str, dict]:
     """Split 'main; k=v; k="v"' into (lower-cased main, {lower-cased key: unquoted value})."""
-    if not isinstance(value, str) or _CTL.search(value):
+    if not isinstance(value, str) or CTL.search(value):
         raise MultipartError("control character in a header value")
     main, _, rest = value.partition(";")
     params: dict = {}

@@ -4,9 +4,10 @@
 or between keep-alive requests), still sending its request head, or being closed. Such a
 connection costs a file descriptor and a small buffer, not a thread, so hundreds of idle or
 slowloris connections cannot take the threads well-behaved clients need; each phase has its own
-deadline (idle_timeout, header_timeout). Once a head is complete the connection goes to
-`dispatch` (a handler thread) and comes back through `give_back` to wait for its next request,
-to be closed gracefully (lingering close), or to be closed.
+deadline (idle_timeout, header_timeout). Once a head is complete it is parsed, here and only here;
+the router says which pool answers its path, and a handler thread of that pool runs the exchange
+(exchange.py). The thread frees its pool slot, then hands the connection back to wait for its
+next request, to be closed gracefully (lingering close), or to be closed.
 
 At the connection cap a new connection displaces the longest-waiting parked one (closing first,
 then idle, then those still sending a head), as nginx reuses idle keep-alive connections; only
@@ -26,11 +27,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import httpio
+from .errors import ProtocolError
+from .exchange import CLOSE, KEEP, LINGER, Exchange
+from .heads import head_length, parse_head
 
 log = logging.getLogger(__name__)
 
-KEEP, LINGER, CLOSE = "keep", "linger", "close"  # what give_back() does with a connection
 IDLE, HEAD, CLOSING = "idle", "head", "closing"  # phases of a parked connection
 EVICTION_ORDER = {CLOSING: 0, IDLE: 1, HEAD: 2}
 LINGER_SECONDS = 2.0  # lingering close: how long unread request bytes are drained (RFC 9112 §9.6)
@@ -52,20 +54,14 @@ class Connection:
 
 
 class WaitingRoom:
-    """Parks connections between requests on one selector thread.
+    """Parks connections between requests on one selector thread; a connection whose head is
+    complete goes to a thread of `threads` (the pool its route names) to be served by `exchange`.
+    Errors answered from here (a malformed head, 408, 414, 431, 503) come from exchange.refuse."""
 
-    settings() returns the current [limits] config (idle_timeout, header_timeout,
-    max_request_line, max_header_bytes); dispatch(conn) hands a connection with a complete head
-    to a handler and returns False when none is free; answer(address, status, message) returns
-    the bytes of an error response written from here (408, 414, 431, 503), and records it.
-    """
-
-    def __init__(self, *, max_connections: int, settings: Callable, dispatch: Callable[[Connection], bool],
-                 answer: Callable[[tuple, int, str], bytes]):
+    def __init__(self, *, max_connections: int, exchange: Exchange, threads: "HandlerThreads"):
         self.max_connections = max_connections
-        self._settings = settings
-        self._dispatch = dispatch
-        self._answer = answer
+        self.exchange = exchange
+        self.threads = threads
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -137,6 +133,10 @@ class WaitingRoom:
         finally:
             self._shutdown()
 
+    @property
+    def _settings(self):
+        return self.exchange.site[1]
+
     def _turn(self, next_sweep: float) -> float:
         """One pass: read what is readable, take what other threads sent, expire deadlines."""
         for key, _ in self._selector.select(SWEEP_INTERVAL):
@@ -175,7 +175,7 @@ class WaitingRoom:
 
     def _admit(self, sock: socket.socket, address: tuple) -> None:
         if self._open >= self.max_connections and not self._evict():
-            self._send(sock, self._answer(address, 503, "too many connections; retry shortly"))
+            self._send(sock, self.exchange.refuse(address, 503, "too many connections; retry shortly"))
             _close_socket(sock)
             return
         self._open += 1
@@ -185,7 +185,7 @@ class WaitingRoom:
         except OSError:
             self._close(conn)
             return
-        self._park(conn, IDLE, time.monotonic() + self._settings().idle_timeout)
+        self._park(conn, IDLE, time.monotonic() + self._settings.idle_timeout)
 
     def _evict(self) -> bool:
         """Close the parked connection that matters least (see the module docstring)."""
@@ -227,10 +227,10 @@ class WaitingRoom:
             return
         now = time.monotonic()
         if conn.buffer:  # pipelined: the next request has begun already
-            self._park(conn, HEAD, now + self._settings().header_timeout)
+            self._park(conn, HEAD, now + self._settings.header_timeout)
             self._check_head(conn)
         else:
-            self._park(conn, IDLE, now + self._settings().idle_timeout)
+            self._park(conn, IDLE, now + self._settings.idle_timeout)
 
     def _linger(self, conn: Connection) -> None:
         """Send FIN, then read and drop what the client still sends, so that our answer is not
@@ -257,7 +257,7 @@ class WaitingRoom:
         if conn.phase == CLOSING:
             return
         if conn.phase == IDLE:  # the head's clock starts with its first byte
-            conn.phase, conn.deadline = HEAD, time.monotonic() + self._settings().header_timeout
+            conn.phase, conn.deadline = HEAD, time.monotonic() + self._settings.header_timeout
         conn.buffer += data
         self._check_head(conn)
 
@@ -265,31 +265,45 @@ class WaitingRoom:
         conn.buffer = conn.buffer.lstrip(b"\r\n")  # empty lines before a request line (RFC 9112 §2.2)
         if not conn.buffer:
             return
-        limits = self._settings()
+        settings = self._settings
         try:
-            length = httpio.head_length(conn.buffer, max_request_line=limits.max_request_line,
-                                        max_header_bytes=limits.max_header_bytes)
-        except httpio.ProtocolError as exc:
-            self._send(conn.sock, self._answer(conn.address, exc.http_status, str(exc)))
-            self._linger(conn)
+            length = head_length(conn.buffer, max_request_line=settings.max_request_line,
+                                 max_header_bytes=settings.max_header_bytes)
+            head = parse_head(conn.buffer[:length], max_header_count=settings.max_header_count) if length else None
+        except ProtocolError as exc:
+            self._refuse(conn, exc.http_status, str(exc))
             return
-        if not length:
+        if head is None:
             return
         self._unpark(conn)
         conn.head_length = length
         try:
-            started = self._dispatch(conn)
+            started = self.threads.try_run(self.exchange.router.pool_for(head.path), lambda: self._serve(conn, head))
         except Exception:  # e.g. no thread could be started
             log.exception("cannot start a request handler")
             started = False
         if not started:
-            self._send(conn.sock, self._answer(conn.address, 503, "too many requests in progress; retry shortly"))
-            self._linger(conn)
+            self._refuse(conn, 503, "too many requests in progress; retry shortly")
+
+    def _serve(self, conn: Connection, head) -> Callable[[], None]:
+        """On a handler thread: one request. Returns the give-back, which HandlerThreads runs once
+        this request's slot is free, so the connection's next request can never find its own
+        previous request still counted against the cap."""
+        try:
+            disposition = self.exchange.serve(conn, head)
+        except Exception:  # a bug in the exchange: the connection must still be given back
+            log.exception("request handler failed")
+            disposition = CLOSE
+        return lambda: self.give_back(conn, disposition)
+
+    def _refuse(self, conn: Connection, status: int, message: str) -> None:
+        self._send(conn.sock, self.exchange.refuse(conn.address, status, message))
+        self._linger(conn)
 
     def _sweep(self, now: float) -> None:
         for conn in [c for c in self._parked if c.deadline <= now]:
             if conn.phase == HEAD:
-                self._send(conn.sock, self._answer(conn.address, 408, "timed out reading the request head"))
+                self._send(conn.sock, self.exchange.refuse(conn.address, 408, "timed out reading the request head"))
             self._close(conn)
 
     @staticmethod
@@ -341,8 +355,9 @@ class HandlerThreads:
         self._threads = 0
         self._idle = 0  # threads waiting for a job minus jobs queued; may dip below 0 briefly
 
-    def try_run(self, kind: str, job: Callable[[], None]) -> bool:
-        """Start `job` on a thread, or return False at once when `kind` is at its cap."""
+    def try_run(self, kind: str, job: Callable[[], Callable[[], None] | None]) -> bool:
+        """Start `job` on a thread, or return False at once when `kind` is at its cap. What the job
+        returns, if anything, is called after its slot is released."""
         if not self._slots[kind].acquire(blocking=False):
             return False
         with self._lock:
@@ -370,11 +385,14 @@ class HandlerThreads:
                         self._threads -= 1
                         return
                 continue
+            follow_up = None
             try:
-                job()
+                follow_up = job()
             except BaseException:  # jobs handle their own errors; this is a bug, not a client
                 log.exception("request handler failed")
             finally:
                 self._slots[kind].release()
                 with self._lock:
                     self._idle += 1
+            if follow_up is not None:
+                follow_up()

@@ -1,0 +1,44 @@
+"""The daemon's inbox and its one flag: signals and admin reload requests become events that the
+main loop acts on, one at a time (so every reload runs on the main loop), and `draining` says the
+daemon is on its way out.
+
+Signal handlers only call `post` (put_nowait on a SimpleQueue: no locks, no I/O). A handler thread
+asking for a reload calls `reload()`, which posts a ReloadRequest and waits for its outcome.
+"""
+
+from __future__ import annotations
+
+import queue
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+
+@dataclass(eq=False)
+class ReloadRequest:
+    """A reload asked for over HTTP; the main loop resolves `outcome` with (ok, message)."""
+
+    outcome: Future = field(default_factory=Future)
+
+
+class Control:
+    def __init__(self):
+        self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self.draining = False
+
+    def post(self, event) -> None:
+        """Queue an event for the main loop (a signal number or a ReloadRequest); signal-safe."""
+        self._events.put_nowait(event)
+
+    def next_event(self, timeout: float | None = None):
+        """The next event, in order; raises queue.Empty after `timeout`."""
+        return self._events.get(timeout=timeout)
+
+    def reload(self, timeout: float | None = None) -> tuple[bool, str]:
+        """Ask the main loop for a reload and wait for its (ok, message). Raises what the reload
+        raised, or concurrent.futures.TimeoutError past `timeout`."""
+        request = ReloadRequest()
+        self.post(request)
+        return request.outcome.result(timeout)
+
+    def begin_drain(self) -> None:
+        self.draining = True

@@ -1,0 +1,137 @@
+"""One request on a handler thread: route it, admit it, read its body, run the route, send the
+answer, record it; and the answers refused before any route saw the request.
+
+The head arrives parsed (connections.py parsed it once). What the connection does next is
+returned: KEEP it for its next request, LINGER (close, draining unread bytes first) or CLOSE.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import replace
+from urllib.parse import parse_qs
+
+from .body import BodyReader, SocketReader
+from .errors import ClientDisconnected, ProtocolError
+from .heads import RequestHead
+from .messages import DISCARD, READ, Request, Response
+from .responses import error_bytes, error_response, render
+
+access_log = logging.getLogger("inferd.access")
+
+KEEP, LINGER, CLOSE = "keep", "linger", "close"
+
+
+class Exchange:
+    """Serves requests for one server: its router, the routes' context, its metrics, and the
+    current (config, HttpSettings) pair, replaced whole by `configure`."""
+
+    def __init__(self, router, context, metrics, control, config, settings):
+        self.router = router
+        self.context = context
+        self.metrics = metrics
+        self.control = control
+        self.site = (config, settings)
+        self._busy = 0
+        self._busy_changed = threading.Condition()
+
+    def configure(self, config, settings) -> None:
+        self.site = (config, settings)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no request is in flight or `timeout` passes; True when idle."""
+        with self._busy_changed:
+            return self._busy_changed.wait_for(lambda: self._busy == 0, timeout)
+
+    def _in_flight(self, change: int) -> None:
+        with self._busy_changed:
+            self._busy += change
+            self._busy_changed.notify_all()
+
+    def serve(self, conn, head: RequestHead) -> str:
+        """Answer the request whose head is at the start of conn.buffer; returns the disposition."""
+        config, settings = self.site  # one snapshot for the whole request
+        started = time.monotonic()
+        self._in_flight(+1)
+        self.metrics.request_started()
+        reader = SocketReader(conn.sock, conn.buffer[conn.head_length:])
+        body = BodyReader(reader, head, settings)
+        label, status = head.path, None
+        try:
+            try:
+                request = Request(head, conn.address, config, {}, parse_qs(head.query))
+                for check in self.router.guards_for(head.path):
+                    check(request, self.context)
+                route, handler, params = self.router.match(head.method, head.path)
+                label = route.path
+                response = self._run(route, handler, replace(request, params=params), body)
+                failure = None
+            except ClientDisconnected:
+                return CLOSE
+            except Exception as exc:  # every outcome, errors included, becomes one response
+                response, failure = error_response(exc, f"{head.method} {printable(head.target)}"), exc
+            disposition = self._disposition(head, body, failure)
+            status = response.status
+            if not self._send(conn, head, response, disposition, settings):
+                return CLOSE
+            if disposition == KEEP:
+                conn.buffer, conn.head_length = reader.take_buffer(), 0
+            return disposition
+        finally:
+            if status is not None:
+                self._record(conn.address, head.method, label, head.target, status, time.monotonic() - started,
+                             settings)
+            self.metrics.request_finished()
+            self._in_flight(-1)
+
+    def _run(self, route, handler, request: Request, body: BodyReader) -> Response:
+        admission = route.admit(request, self.context) if route.admit else contextlib.nullcontext()
+        with admission as admitted:
+            data = body.read(required=True) if route.body == READ else b""
+            if route.body == DISCARD and body.head.declares_body:
+                body.read(required=False)
+            request = replace(request, body=data, admitted=admitted)
+            return handler(request, self.context)
+
+    def _disposition(self, head: RequestHead, body: BodyReader, failure: Exception | None) -> str:
+        if isinstance(failure, TimeoutError):
+            return CLOSE  # a client too slow to send its request is not worth draining
+        if isinstance(failure, ProtocolError) or not body.complete:
+            return LINGER  # unread or unframed body bytes would be parsed as the next request
+        if self.control.draining or not head.keep_alive:
+            return LINGER
+        return KEEP
+
+    @staticmethod
+    def _send(conn, head: RequestHead, response: Response, disposition: str, settings) -> bool:
+        keep_alive_10 = disposition == KEEP and head.version < (1, 1)
+        data = render(response, close=disposition != KEEP, keep_alive=keep_alive_10,
+                      head_only=head.method == "HEAD")
+        try:
+            conn.sock.settimeout(settings.request_timeout)
+            conn.sock.sendall(data)
+        except OSError:
+            return False
+        return True
+
+    def refuse(self, address: tuple, status: int, message: str) -> bytes:
+        """The bytes of an error answered before any route saw the request (400 for a malformed
+        head, 408, 414, 431, 503), recorded like any other answer."""
+        self._record(address, "-", "-", "-", status, 0.0, self.site[1])
+        return error_bytes(status, message)
+
+    def _record(self, address, method: str, label: str, target: str, status: int, seconds: float,
+                settings) -> None:
+        self.metrics.observe_request(label if method != "-" else "", method if method != "-" else "",
+                                     status, seconds)
+        if settings.access_log:
+            access_log.info("%s %s %s %d %.1fms", address[0] if address else "-", printable(method),
+                            printable(target), status, seconds * 1000)
+
+
+def printable(text: str) -> str:
+    """Client-supplied text made safe for one log line: control and non-ASCII characters escaped."""
+    return text.encode("unicode_escape").decode("ascii")

@@ -1,0 +1,61 @@
+"""/admin/*: who may call it (loopback, or a bearer token), and the reload it asks the daemon for."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import re
+
+from ..http.errors import HTTPError
+from ..http.messages import Request, Response
+
+
+def guard(request: Request, context) -> None:
+    """Before routing, for every path under /admin/: with a token configured, only
+    "Authorization: Bearer <token>" (from anywhere; 401 otherwise); without one, loopback clients
+    only (403 otherwise)."""
+    authorize_admin(request.settings.server.admin_token, request.headers.get("Authorization"), request.client[0])
+
+
+def authorize_admin(token: str, authorization: str | None, client_host: str) -> None:
+    """Admit an /admin/* request or raise HTTPError (401, 403). The token is compared in constant
+    time, lengths included."""
+    if token:
+        scheme, _, given = (authorization or "").strip().partition(" ")
+        expected = hashlib.sha256(token.encode()).digest()
+        if not (scheme.lower() == "bearer"
+                and hmac.compare_digest(hashlib.sha256(given.strip().encode()).digest(), expected)):
+            raise HTTPError(401, "a valid bearer token is required",
+                            {"WWW-Authenticate": 'Bearer realm="inferd admin"'})
+    elif not is_loopback(client_host):
+        raise HTTPError(403, "admin endpoints answer loopback clients only (set admin_token to allow others)")
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+def reload(request: Request, context) -> Response:
+    """Asks the daemon's main loop to reload what its configuration names and waits for the
+    outcome; nothing in the request can choose a model."""
+    if context.control.draining:
+        raise HTTPError(503, "reload is not available now")
+    ok, message = context.control.reload()
+    if not ok:
+        raise HTTPError(500, f"reload failed, the previous model keeps serving: {redact_paths(message)}")
+    return Response(200, {"message": "Model reloaded successfully", "model": context.service.describe_default()})
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])(?:/[^\s/:;,'\"()\[\]]+)+/?")
+
+
+def redact_paths(message: str) -> str:
+    """A reload failure for a client: every absolute path shortened to its last component, so the
+    reason stays useful ("model.onnx: onnxruntime cannot load it") without the file system layout."""
+    return _ABSOLUTE_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1] or "/", message)

@@ -1,0 +1,90 @@
+"""inferd's own API: /infer, /infer/batch, /health, /metrics. Each route maps HTTP to one call of
+the service (or the metrics) and back; no I/O of its own."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+from ..http.errors import HTTPError
+from ..http.messages import Request, Response
+from ..metrics import negotiate
+from ..service import Classification, Lease
+from .uploads import parse_top_k, upload_kind, uploads
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """What an inference request settled before its body was read."""
+
+    lease: Lease
+    top_k: int
+
+
+@contextlib.contextmanager
+def admit_upload(request: Request, context):
+    """Before the body: the model lease (held until the answer), ?top_k (400), the content type (415)."""
+    with context.service.lease() as lease:
+        top_k = parse_top_k(request.query, lease.config.model.top_k, len(lease.labels))
+        upload_kind(request.headers.get("Content-Type", ""))
+        yield Admitted(lease, top_k)
+
+
+def infer(request: Request, context) -> Response:
+    admitted = request.admitted
+    images = uploads(request.headers.get("Content-Type", ""), request.body, request.settings.limits, ("file",))
+    if len(images) != 1:
+        raise HTTPError(400, f"expected one file part named 'file', got {len(images)}")
+    (result,) = admitted.lease.classify([images[0].data], admitted.top_k)
+    if isinstance(result, Exception):
+        raise result
+    return Response(200, {**_prediction(result), "model": admitted.lease.loaded.name})
+
+
+def infer_batch(request: Request, context) -> Response:
+    """Every image gets an entry; a bad image fails only its own entry."""
+    admitted = request.admitted
+    started = time.monotonic()
+    images = uploads(request.headers.get("Content-Type", ""), request.body, request.settings.limits,
+                     ("files", "file"))
+    if not images:
+        raise HTTPError(400, "expected one or more file parts named 'files'")
+    results = admitted.lease.classify([image.data for image in images], admitted.top_k)
+    entries = [_batch_entry(image.filename, result) for image, result in zip(images, results)]
+    failed = sum(1 for entry in entries if entry["error"] is not None)
+    return Response(200, {
+        "total_images": len(entries), "successful": len(entries) - failed, "failed": failed,
+        "total_time_ms": round((time.monotonic() - started) * 1000.0, 3),
+        "model": admitted.lease.loaded.name, "results": entries,
+    })
+
+
+def _prediction(result: Classification) -> dict:
+    return {"predictions": [p.as_dict() for p in result.predictions], "inference_time_ms": result.inference_time_ms}
+
+
+def _batch_entry(filename: str | None, result) -> dict:
+    if isinstance(result, Exception):
+        return {"filename": filename, "predictions": None, "inference_time_ms": None,
+                "error": str(result), "status": getattr(result, "http_status", 500)}
+    return {"filename": filename, **_prediction(result), "error": None, "status": 200}
+
+
+def health(request: Request, context) -> Response:
+    model = context.service.describe_default()
+    if context.control.draining:
+        return Response(503, {"status": "draining", "model_loaded": model is not None})
+    if model is None:
+        return Response(503, {"status": "loading", "model_loaded": False})
+    return Response(200, {"status": "ok", "model_loaded": True, "model": model})
+
+
+def metrics(request: Request, context) -> Response:
+    fmt = request.query.get("format", [None])[-1]
+    try:
+        kind = negotiate(request.headers.get("Accept"), fmt)
+    except ValueError as exc:
+        raise HTTPError(400, str(exc)) from None
+    content_type, body = context.metrics.render(kind)
+    return Response(200, body, {"Content-Type": content_type})

@@ -1,0 +1,120 @@
+"""The service boundary every protocol calls: lease a model, classify images with it.
+
+`Service.lease(model, version)` takes one snapshot for a request, the configuration and a
+loaded model, held until the request is answered. `Lease.classify(images, top_k)` decodes and
+preprocesses each image on the caller's thread, sends the tensors to the model's batcher together,
+and returns per image its predictions or its ImageError; it knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import preprocess
+from .config import Config
+from .model import Prediction
+from .preprocess import ImageError
+from .repository import LoadedModel, Repository
+
+
+class InferenceTimeout(RuntimeError):
+    """No result within [batching] request_timeout; the client should retry later."""
+
+    http_status = 503
+    headers = {"Retry-After": "1"}
+
+
+@dataclass(frozen=True)
+class Classification:
+    predictions: list[Prediction]
+    inference_time_ms: float
+
+
+class Service:
+    """Holds the configuration and the repository the daemon installs; requests lease from it."""
+
+    def __init__(self, repository: Repository, metrics, config: Config):
+        self.repository = repository
+        self.metrics = metrics
+        self.config = config
+
+    def configure(self, config: Config) -> None:
+        self.config = config
+
+    @contextlib.contextmanager
+    def lease(self, model: str | None = None, version: str | None = None):
+        """A Lease on the named model (default model, latest version when None); raises
+        repository.UnknownModel (404)."""
+        config = self.config
+        with self.repository.lease(model, version) as loaded:
+            yield Lease(config, loaded, self.metrics)
+
+    def describe_default(self) -> dict | None:
+        """The default model's description, or None while none is loaded."""
+        try:
+            return self.repository.find().describe()
+        except LookupError:
+            return None
+
+
+class Lease:
+    """One request's hold on (config, loaded model)."""
+
+    def __init__(self, config: Config, loaded: LoadedModel, metrics):
+        self.config = config
+        self.loaded = loaded
+        self.metrics = metrics
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.loaded.model.labels
+
+    def classify(self, images: list[bytes], top_k: int) -> list[Classification | ImageError]:
+        """Per image, its top_k predictions or the ImageError (4xx) that refused it. Raises for the
+        whole request: QueueFull or BatcherStopped (503), InferenceTimeout (503)."""
+        results: list = [self._preprocess(data) for data in images]
+        tensors = [r for r in results if not isinstance(r, Exception)]
+        submitted = time.monotonic()
+        try:
+            outputs = iter(self._infer(tensors, submitted))
+        except Exception:
+            for _ in tensors:
+                self.metrics.observe_image("error")
+            raise
+        model = self.loaded.model
+        for i, result in enumerate(results):
+            if not isinstance(result, Exception):
+                scores, seconds = next(outputs)
+                results[i] = Classification(model.top_k(scores, top_k), round(seconds * 1000.0, 3))
+                self.metrics.observe_image("ok")
+        return results
+
+    def _preprocess(self, data: bytes) -> np.ndarray | ImageError:
+        started = time.monotonic()
+        limits = self.config.limits
+        try:
+            tensor = preprocess.to_tensor(data, self.loaded.model.manifest.input,
+                                          max_pixels=limits.max_image_pixels, formats=limits.allowed_formats)
+        except ImageError as exc:
+            self.metrics.observe_image("bad_input")
+            return exc
+        self.metrics.observe_preprocess(time.monotonic() - started)
+        return tensor
+
+    def _infer(self, tensors: list[np.ndarray], submitted: float) -> list[tuple[np.ndarray, float]]:
+        """(scores, seconds since submit) per tensor."""
+        futures = self.loaded.batcher.submit(tensors) if tensors else []
+        timeout = self.config.batching.request_timeout
+        return [(_wait(future, submitted, timeout), time.monotonic() - submitted) for future in futures]
+
+
+def _wait(future, submitted: float, timeout: float):
+    try:
+        return future.result(timeout=max(0.0, submitted + timeout - time.monotonic()))
+    except FutureTimeout:
+        raise InferenceTimeout("inference timed out") from None
