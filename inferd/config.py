@@ -128,6 +128,9 @@ class LimitsConfig:
     max_header_bytes: int = setting(16384, _positive_int)
     max_request_line: int = setting(8192, _positive_int)
     max_image_pixels: int = setting(64_000_000, _positive_int)
+    # Bytes all images being decoded at once may take (imaging/budget.py): 1 GiB fits one
+    # 64-megapixel RGBA image; beyond it a request waits briefly, then gets 503.
+    max_decode_bytes: int = setting(1 << 30, _positive_int)
     allowed_formats: frozenset = setting(KNOWN_FORMATS, _formats)
     max_inference_requests: int = setting(64, _positive_int, restart=True)
     max_other_requests: int = setting(16, _positive_int, restart=True)

@@ -17,10 +17,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import loading
+from . import libc, loading
 from .config import Config, ConfigError, restart_only_changes
 from .control import Control, ReloadRequest
 from .http.router import Router
+from .imaging import codec_log
 from .http.server import HttpServer
 from .metrics import InferdMetrics
 from .model import ModelError
@@ -50,6 +51,8 @@ class Daemon:
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; returns the exit code. Raises ConfigError or ModelError at start."""
+        codec_log.install()
+        libc.keep_large_blocks_unmappable()
         self._start(self.load_config())
         self._main_loop()
         return self.stop()

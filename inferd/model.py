@@ -7,7 +7,6 @@ output shapes against the manifest and the labels, and runs one warm-up batch.
 from __future__ import annotations
 
 import configparser
-import ctypes
 import hashlib
 import os
 import weakref
@@ -17,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .preprocess import FILTERS, InputSpec
+from . import libc
+from .imaging.preprocess import FILTERS, InputSpec
 
 PROVIDER = "CPUExecutionProvider"
 
@@ -159,18 +159,7 @@ def _free_and_trim(session_box: list) -> None:
     with it, RSS stays flat (Triton #4966 is the same bug).
     """
     session_box.clear()
-    if _malloc_trim is not None:
-        _malloc_trim(0)
-
-
-def _libc_malloc_trim():
-    try:
-        return ctypes.CDLL(None).malloc_trim  # glibc only; musl and others have no such call
-    except (OSError, AttributeError):
-        return None
-
-
-_malloc_trim = _libc_malloc_trim()
+    libc.trim()
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:

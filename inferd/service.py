@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import preprocess
 from .config import Config
+from .imaging import preprocess
+from .imaging.budget import DecodeBudget
+from .imaging.errors import DecodeBusy, ImageError
 from .model import Prediction
-from .preprocess import ImageError
 from .repository import LoadedModel, Repository
 
 
@@ -42,9 +43,11 @@ class Service:
         self.repository = repository
         self.metrics = metrics
         self.config = config
+        self.decode_budget = DecodeBudget(config.limits.max_decode_bytes)
 
     def configure(self, config: Config) -> None:
         self.config = config
+        self.decode_budget.resize(config.limits.max_decode_bytes)
 
     @contextlib.contextmanager
     def lease(self, model: str | None = None, version: str | None = None):
@@ -52,7 +55,7 @@ class Service:
         repository.UnknownModel (404)."""
         config = self.config
         with self.repository.lease(model, version) as loaded:
-            yield Lease(config, loaded, self.metrics)
+            yield Lease(config, loaded, self.metrics, self.decode_budget)
 
     def describe_default(self) -> dict | None:
         """The default model's description, or None while none is loaded."""
@@ -65,10 +68,11 @@ class Service:
 class Lease:
     """One request's hold on (config, loaded model)."""
 
-    def __init__(self, config: Config, loaded: LoadedModel, metrics):
+    def __init__(self, config: Config, loaded: LoadedModel, metrics, decode_budget: DecodeBudget | None = None):
         self.config = config
         self.loaded = loaded
         self.metrics = metrics
+        self.decode_budget = decode_budget
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -98,10 +102,10 @@ class Lease:
         started = time.monotonic()
         limits = self.config.limits
         try:
-            tensor = preprocess.to_tensor(data, self.loaded.model.manifest.input,
-                                          max_pixels=limits.max_image_pixels, formats=limits.allowed_formats)
+            tensor = preprocess.to_tensor(data, self.loaded.model.manifest.input, max_pixels=limits.max_image_pixels,
+                                          formats=limits.allowed_formats, budget=self.decode_budget)
         except ImageError as exc:
-            self.metrics.observe_image("bad_input")
+            self.metrics.observe_image("error" if isinstance(exc, DecodeBusy) else "bad_input")
             return exc
         self.metrics.observe_preprocess(time.monotonic() - started)
         return tensor

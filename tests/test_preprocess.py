@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inferd import preprocess
+from inferd.imaging import preprocess
 from inferd.config import KNOWN_FORMATS
-from inferd.preprocess import ImageError, ImageTooLarge, InputSpec, UnsupportedImage
+from inferd.imaging.preprocess import ImageError, ImageTooLarge, InputSpec, UnsupportedImage
 
 LITE0 = InputSpec(size=224, resize=256, interpolation="bicubic", mean=(127.0,) * 3, std=(128.0,) * 3)
 RESNET = InputSpec(size=224, resize=256, interpolation="bilinear", mean=(0.485, 0.456, 0.406),

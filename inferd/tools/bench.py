@@ -242,7 +242,8 @@ def limit_runner(model_dir: Path, data: bytes, *, threads: int = 0, warmup_batch
     `data` batch_size times, then runs one batch. Imports inferd's model code only now."""
     import numpy as np
 
-    from .. import model as model_module, preprocess
+    from .. import model as model_module
+    from ..imaging import preprocess
     from ..config import KNOWN_FORMATS
 
     model_dir = Path(model_dir)

@@ -1,0 +1,53 @@
+"""How much memory images being decoded may take at once, across all requests.
+
+The pixel limit alone does not bound memory: a 124 KB PNG can declare 8000x8000 16-bit pixels
+(128 MB decoded). Each image's cost is estimated from its header before any pixel is decoded
+(`preprocess.decode_cost`); an image that costs more than the whole budget is refused (413), one
+that does not fit now waits up to `wait` seconds for room and is then refused with 503.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+
+from .errors import DecodeBusy, ImageTooLarge
+
+MB = 1024 * 1024
+
+
+class DecodeBudget:
+    def __init__(self, max_bytes: int, wait: float = 5.0):
+        self.max_bytes = max_bytes
+        self.wait = wait
+        self._used = 0
+        self._changed = threading.Condition()
+
+    def resize(self, max_bytes: int) -> None:
+        with self._changed:
+            self.max_bytes = max_bytes
+            self._changed.notify_all()
+
+    def used(self) -> int:
+        return self._used
+
+    @contextlib.contextmanager
+    def reserve(self, cost: int):
+        """Hold `cost` bytes of the budget while decoding. Raises ImageTooLarge (413) when the
+        image could never fit, DecodeBusy (503) when it did not fit within `wait` seconds."""
+        with self._changed:
+            if cost > self.max_bytes:
+                raise ImageTooLarge(f"decoding this image needs {cost / MB:.0f} MB; the limit is "
+                                    f"{self.max_bytes / MB:.0f} MB ([limits] max_decode_bytes)")
+            deadline = time.monotonic() + self.wait
+            fits = lambda: self._used + cost <= self.max_bytes  # noqa: E731
+            if not self._changed.wait_for(fits, max(0.0, deadline - time.monotonic())):
+                raise DecodeBusy("too many large images are being decoded; retry shortly")
+            self._used += cost
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._used -= cost
+                self._changed.notify_all()
