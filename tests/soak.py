@@ -12,7 +12,9 @@ READY=1 status), then runs, until the time is up:
   slow    slowloris connections trickling a byte every half second into a request head or body;
   idle    connections that never send anything;
   admin   reloads without a token, with a wrong one, and (every so often, for real) with the right one;
-  monitor /health and /metrics twice a second, and the daemon's RSS.
+  monitor /health and /metrics twice a second, and the daemon's RSS;
+  pipelined two connections each sending 20 GET /health in one write, again and again: every one
+          answered, in order (issue 17: a request behind a refused one was once dropped).
 It then prints what it sent and what came back, and exits 1 unless: every good request got 200
 with the right label, every bad one its 4xx, nothing got a 5xx, well-behaved clients saw no
 transport error, slow and idle connections were cut off on time, RSS stayed under --max-rss-mb,
@@ -118,7 +120,16 @@ def bad_requests(images: dict) -> dict[str, tuple[int, callable]]:
         "chunked too big": (413, lambda s, url: raw_status(url, b"POST /infer HTTP/1.1\r\nHost: soak\r\n"
                                                                 b"Content-Type: image/png\r\nTransfer-Encoding: chunked\r\n"
                                                                 b"\r\n%x\r\n" % (LIMITS["max_body_bytes"] + 1))),
+        "tiny chunks": (400, lambda s, url: raw_status(url, CHUNKED_HEAD, [b"2\r\nab\r\n" * 4000], complete=False)),
+        "jpeg cut and closed": (400, files("cut.jpg", jpeg[:len(jpeg) // 3] + b"\xff\xd9")),
+        "png header cut": (400, lambda s, url: s.post(f"{url}/infer", data=png[:40], timeout=30,
+                                                      headers={"Content-Type": "image/png"})),
+        "top_k not ascii digits": (400, lambda s, url: s.post(f"{url}/infer?top_k=%2B3", files={"file": ("a.png", png)},
+                                                              timeout=30)),
     }
+
+
+CHUNKED_HEAD = b"POST /infer HTTP/1.1\r\nHost: soak\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
 @dataclass
@@ -127,13 +138,19 @@ class RawResponse:
     text: str
 
 
-def raw_status(url: str, data: bytes, chunks: list[bytes] = ()) -> RawResponse:
-    """One request on a plain socket (for what `requests` will not send); reads the whole answer."""
+def raw_status(url: str, data: bytes, chunks: list[bytes] = (), complete: bool = True) -> RawResponse:
+    """One request on a plain socket (for what `requests` will not send); reads the whole answer.
+    complete=False: the server may answer (and close) before taking every chunk."""
     host, port = url.rsplit("/", 1)[-1].rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=30) as sock:
         sock.sendall(data)
         for chunk in chunks:
-            sock.sendall(chunk)
+            try:
+                sock.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                if complete:
+                    raise
+                break
         received = b""
         while b"\r\n\r\n" not in received:
             piece = sock.recv(65536)
@@ -258,7 +275,7 @@ class Soak:
     def good(self, seed: int) -> None:
         rng, session, names = random.Random(seed), requests.Session(), sorted(self.images)
         while self.running():
-            way = rng.choice(["multipart", "multipart", "raw", "batch", "chunked"])
+            way = rng.choice(["multipart", "multipart", "raw", "batch", "chunked", "absolute-form"])
             name = rng.choice(names)
             data = self.images[name][0]
             if way == "multipart":
@@ -269,6 +286,11 @@ class Soak:
                 call = lambda: session.post(f"{self.url}/infer", data=data, headers={"Content-Type": ctype},  # noqa: E731
                                             timeout=60)
                 self.timed("good /infer raw body", call, self._label_check([name]))
+            elif way == "absolute-form":  # routed, and counted in the inference pool, like /infer
+                head = (b"POST http://soak/infer HTTP/1.1\r\nHost: soak\r\nContent-Type: application/octet-stream\r\n"
+                        b"Content-Length: %d\r\n\r\n" % len(data))
+                self.timed("good /infer absolute-form", lambda: raw_status(self.url, head + data),
+                           self._chunked_check(name))
             elif way == "chunked":
                 head = (b"POST /infer HTTP/1.1\r\nHost: soak\r\nContent-Type: application/octet-stream\r\n"
                         b"Transfer-Encoding: chunked\r\n\r\n")
@@ -387,6 +409,25 @@ class Soak:
         for key in list(selector.get_map().values()):
             key.fileobj.close()
 
+    def pipelined(self, depth: int = 20) -> None:
+        """A keep-alive connection sending `depth` GET /health in one write, again and again: every
+        request must be answered, in order, with 200 (well below max_other_requests)."""
+        request = b"GET /health HTTP/1.1\r\nHost: soak\r\n\r\n"
+        while self.running():
+            started = time.monotonic()
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=30) as sock:
+                    sock.sendall(request * depth)
+                    statuses = _read_statuses(sock, depth)
+            except OSError as exc:
+                self.book.transport_error("pipelined /health", exc, time.monotonic() - started)
+                continue
+            seconds = time.monotonic() - started
+            for status in statuses:
+                self.book.record("pipelined /health", status, seconds, None if status == 200 else f"{status}")
+            for _ in range(depth - len(statuses)):
+                self.book.record("pipelined /health", "unanswered", seconds, "a pipelined request got no answer")
+
     def admin(self) -> None:
         session, n = requests.Session(), 0
         while self.running():
@@ -414,12 +455,36 @@ class Soak:
 
     def run(self, good: int, bad: int, slow: int, idle: int) -> None:
         jobs = ([(self.good, (i,)) for i in range(good)] + [(self.bad_loop, (100 + i,)) for i in range(bad)]
-                + [(self.slow, (slow,)), (self.idle, (idle,)), (self.admin, ()), (self.monitor, ())])
+                + [(self.slow, (slow,)), (self.idle, (idle,)), (self.admin, ()), (self.monitor, ()),
+                   (self.pipelined, ()), (self.pipelined, ())])
         threads = [threading.Thread(target=fn, args=args, daemon=True) for fn, args in jobs]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(max(1.0, self.deadline - time.monotonic()) + 150)
+
+
+def _read_statuses(sock: socket.socket, count: int) -> list[int]:
+    """The statuses of up to `count` responses read in order (each with a Content-Length body)."""
+    buffer, statuses = b"", []
+    while len(statuses) < count:
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            piece = sock.recv(65536)
+            if not piece:
+                break
+            buffer += piece
+            continue
+        head = buffer[:end]
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(buffer) < end + 4 + length:
+            piece = sock.recv(65536)
+            if not piece:
+                return statuses
+            buffer += piece
+        statuses.append(int(head.split(b" ")[1]))
+        buffer = buffer[end + 4 + length:]
+    return statuses
 
 
 def rss_bytes(pid: int) -> int:
