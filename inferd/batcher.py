@@ -46,12 +46,13 @@ class Batcher:
     """Collects tensors into batches for `model.run`; resolves each future with its row of scores."""
 
     def __init__(self, model, *, max_batch_size: int, max_queue_delay_ms: float, max_queue_size: int,
-                 metrics=None):
+                 metrics=None, gate: "RunGate | None" = None):
         self.model = model
         self.max_batch_size = max_batch_size
         self.max_delay = max_queue_delay_ms / 1000.0
         self.max_queue_size = max_queue_size
-        self.metrics = metrics
+        self.metrics = metrics  # observe_queue_wait(seconds), observe_batch(size, seconds)
+        self.gate = gate or RunGate()
         self._queue: collections.deque[_Item] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -166,10 +167,12 @@ class Batcher:
                 self._cond.notify()
 
     def _run(self, batch: list[_Item]) -> None:
-        started = time.monotonic()
-        self.heartbeat = started
+        tensors = np.stack([item.tensor for item in batch])
         try:
-            scores = self.model.run(np.stack([item.tensor for item in batch]))
+            with self.gate.turn():
+                started = time.monotonic()
+                self.heartbeat = started
+                scores = self.model.run(tensors)
         except Exception as exc:
             log.exception("inference failed for a batch of %d", len(batch))
             for item in batch:
@@ -187,3 +190,27 @@ class Batcher:
         for item in batch:
             self.metrics.observe_queue_wait(started - item.queued_at)
         self.metrics.observe_batch(len(batch), finished - started)
+
+
+class RunGate:
+    """One batch in a model at a time across every batcher that shares the gate, in the order they
+    asked (a ticket lock): a session uses all the cores it is given, so two models under load take
+    turns instead of oversubscribing the cores, and neither can starve the other."""
+
+    def __init__(self):
+        self._changed = threading.Condition()
+        self._next = 0
+        self._serving = 0
+
+    @contextlib.contextmanager
+    def turn(self):
+        with self._changed:
+            ticket = self._next
+            self._next += 1
+            self._changed.wait_for(lambda: self._serving == ticket)
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._serving += 1
+                self._changed.notify_all()

@@ -83,6 +83,37 @@ def _text(text: str) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Which numbered versions of a model to serve (Triton's version_policy)."""
+
+    kind: str  # "latest", "all" or "specific"
+    values: tuple[int, ...] = ()
+
+    def select(self, available: list[int]) -> list[int]:
+        """The versions to load out of `available`, ascending."""
+        if self.kind == "all":
+            return sorted(available)
+        if self.kind == "latest":
+            return sorted(available)[-self.values[0]:]
+        return sorted(set(self.values))
+
+    def __str__(self) -> str:
+        return " ".join([self.kind, *map(str, self.values)])
+
+
+def version_policy(text: str) -> VersionPolicy:
+    """"latest N", "all" or "specific V [V ...]"; raises ValueError otherwise."""
+    kind, *values = text.lower().split()
+    if kind == "all" and not values:
+        return VersionPolicy("all")
+    if kind in ("latest", "specific") and values and all(v.isascii() and v.isdigit() for v in values):
+        numbers = tuple(int(v) for v in values)
+        if (kind == "latest" and len(numbers) == 1 and numbers[0] >= 1) or (kind == "specific" and min(numbers) >= 1):
+            return VersionPolicy(kind, numbers)
+    raise ValueError('must be "latest N", "all" or "specific V [V ...]"')
+
+
 def setting(default, parse: Callable[[str], object], *, restart: bool = False):
     """A config key: its default, the function that turns its text into a value (or raises), and
     whether a change needs a restart (a reload keeps the old value in force)."""
@@ -107,6 +138,15 @@ class ModelConfig:
     top_k: int = setting(5, _positive_int)
     intra_op_threads: int = setting(0, _non_negative_int)
     inter_op_threads: int = setting(1, _positive_int)
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    # A directory holding one directory per model (optionally with numbered versions); empty:
+    # serve the one model of [model] path.
+    repository: str = setting("", _text)
+    default: str = setting("", _text)
+    version_policy: VersionPolicy = setting(VersionPolicy("latest", (1,)), version_policy)
 
 
 @dataclass(frozen=True)
@@ -150,6 +190,7 @@ class LoggingConfig:
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -162,6 +203,10 @@ class Config:
     def model_file(self) -> Path:
         return _resolve(self.model.onnx_file, self.source) if self.model.onnx_file else self.model_dir() / "model.onnx"
 
+    def repository_dir(self) -> Path | None:
+        """The model repository, or None when the config serves the one model of [model] path."""
+        return _resolve(self.models.repository, self.source) if self.models.repository else None
+
     def labels_path(self) -> Path:
         return _resolve(self.model.labels_file, self.source) if self.model.labels_file else self.model_dir() / "labels.txt"
 
@@ -169,6 +214,7 @@ class Config:
 SECTIONS: dict[str, type] = {
     "server": ServerConfig,
     "model": ModelConfig,
+    "models": ModelsConfig,
     "batching": BatchingConfig,
     "limits": LimitsConfig,
     "logging": LoggingConfig,
@@ -184,7 +230,7 @@ RESTART_ONLY: tuple[tuple[str, str], ...] = tuple(
     (section, f.name) for section, cls in SECTIONS.items() for f in fields(cls) if f.metadata["restart"]
 )
 
-PATH_KEYS = {("model", "path"), ("model", "onnx_file"), ("model", "labels_file")}
+PATH_KEYS = {("model", "path"), ("model", "onnx_file"), ("model", "labels_file"), ("models", "repository")}
 
 # The reference design's variables, kept so its deployments move over unchanged.
 LEGACY_ENV = {

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 
 @dataclass(eq=False)
 class ReloadRequest:
-    """A reload asked for over HTTP; the main loop resolves `outcome` with (ok, message)."""
+    """A reload asked for over HTTP (of every model, or of `model` alone); the main loop resolves
+    `outcome` with (ok, message)."""
 
+    model: str | None = None
     outcome: Future = field(default_factory=Future)
 
 
@@ -33,10 +35,10 @@ class Control:
         """The next event, in order; raises queue.Empty after `timeout`."""
         return self._events.get(timeout=timeout)
 
-    def reload(self, timeout: float | None = None) -> tuple[bool, str]:
-        """Ask the main loop for a reload and wait for its (ok, message). Raises what the reload
-        raised, or concurrent.futures.TimeoutError past `timeout`."""
-        request = ReloadRequest()
+    def reload(self, model: str | None = None, timeout: float | None = None) -> tuple[bool, str]:
+        """Ask the main loop for a reload (of `model` alone, or of everything) and wait for its
+        (ok, message). Raises what the reload raised, or concurrent.futures.TimeoutError."""
+        request = ReloadRequest(model)
         self.post(request)
         return request.outcome.result(timeout)
 

@@ -20,10 +20,11 @@ from typing import Callable
 from . import libc, loading
 from .config import Config, ConfigError, restart_only_changes
 from .control import Control, ReloadRequest
+from .batcher import RunGate
 from .http.router import Router
 from .imaging import codec_log
 from .http.server import HttpServer
-from .metrics import InferdMetrics
+from .metrics import InferdMetrics, LoadedVersion
 from .model import ModelError
 from .repository import Repository
 from .routes import GUARDS, ROUTES, RouteContext
@@ -44,6 +45,7 @@ class Daemon:
         self.metrics = InferdMetrics(self.router.labels(), self.router.inference_labels())
         self.control = Control()
         self.repository = Repository()
+        self.gate = RunGate()  # one model run at a time, across models
         self.service: Service | None = None
         self.server: HttpServer | None = None
         self._reload_generation = 0
@@ -59,7 +61,8 @@ class Daemon:
 
     def _start(self, config: Config) -> None:
         """Load and warm the models, serve them, send READY=1."""
-        notify(f"EXTEND_TIMEOUT_USEC={LOAD_TIMEOUT_USEC}", f"STATUS=loading model from {config.model_dir()}")
+        notify(f"EXTEND_TIMEOUT_USEC={LOAD_TIMEOUT_USEC}",
+               f"STATUS=loading models from {config.repository_dir() or config.model_dir()}")
         self.open(config, listen_sockets())
         default = self.repository.default
         self._install_signal_handlers()
@@ -74,9 +77,12 @@ class Daemon:
     def open(self, config: Config, sockets=()) -> None:
         """Load and warm the models and open the HTTP server on `config`'s address (or the first
         of systemd's sockets); nothing is served until serve_forever runs."""
-        models, default = loading.load_configured(config, self.metrics)
-        self.repository.install(models, default)
-        self.service = Service(self.repository, self.metrics, config)
+        outcome = loading.load(config, self.metrics, gate=self.gate)
+        _require_default(outcome)
+        for name, reason in sorted(outcome.failures.items()):
+            log.error("model %s cannot be served: %s", name, reason)
+        self.repository.install(outcome.models, outcome.default, outcome.failures)
+        self.service = Service(self.repository, config)
         self._publish(config)
         if sockets:
             log.info("using %d socket(s) passed by systemd", len(sockets))
@@ -95,46 +101,55 @@ class Daemon:
             if event == signal.SIGHUP:
                 self.reload()
             elif isinstance(event, ReloadRequest):
-                answer(event, self.reload)
+                answer(event, lambda: self.reload(event.model))
             else:
                 log.info("received %s, draining", signal.Signals(event).name)
                 return
 
-    def reload(self) -> tuple[bool, str]:
-        """Build complete new models and swap them in; on any failure the old ones keep serving.
+    def reload(self, model: str | None = None) -> tuple[bool, str]:
+        """Load what changed and swap it in; a model that fails keeps the versions it had.
 
-        Returns (ok, message). Each reload is reported to systemd and to
-        $RUNTIME_DIRECTORY/reload-status.json (read by `inferd-reload`).
+        `model`: look at that model alone, under the configuration in force; None: read the
+        configuration again and look at every model. Returns (ok, message): ok when nothing
+        failed. Each reload is reported to systemd and to $RUNTIME_DIRECTORY/reload-status.json
+        (read by `inferd-reload`).
         """
-        notify("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec()}", "STATUS=reloading model")
-        ok, message = self._swap()
+        notify("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec()}", "STATUS=reloading models")
+        ok, message = self._swap(model)
         self.metrics.observe_reload(ok)
-        current = self.repository.default
-        notify("READY=1", f"STATUS=serving {current}" + ("" if ok else f" (last reload failed: {message})"))
+        notify("READY=1", f"STATUS=serving {self.repository.default}" + ("" if ok else f" (last reload failed: {message})"))
         # Last: inferd-reload returns on this file, and systemd must have the status by then.
         self._write_reload_status(ok, message)
         return ok, message
 
-    def _swap(self) -> tuple[bool, str]:
+    def _swap(self, only: str | None) -> tuple[bool, str]:
         current = self.repository.default
         try:
-            config = self.load_config()
+            config = self.load_config() if only is None else self.service.config
             for key in restart_only_changes(self.service.config, config):
                 log.warning("%s changes take effect at the next restart, not on reload", key)
-            models, default = loading.load_configured(config, self.metrics)
+            outcome = loading.load(config, self.metrics, self.repository.loaded(), only, self.gate)
+            _require_default(outcome)
         except (ConfigError, ModelError) as exc:
             log.error("reload failed, %s keeps serving: %s", current, exc)
             return False, str(exc)
         except Exception:
             log.exception("reload failed, %s keeps serving", current)
             return False, "unexpected error (see the daemon's log)"
-        self.repository.install(models, default)
+        failures = outcome.failures if only is None else {
+            **{n: r for n, r in self.repository.failures.items() if n != only}, **outcome.failures}
+        self.repository.install(outcome.models, outcome.default, failures)
         self.service.configure(config)
         self.server.configure(config)
         self._publish(config)
+        for name in sorted({m.name for m in outcome.models} | set(outcome.failures)):
+            if only is None or name == only:
+                self.metrics.observe_model_reload(name, name not in outcome.failures)
+        for name, reason in sorted(outcome.failures.items()):
+            log.error("reload failed for model %s, the versions it had keep serving: %s", name, reason)
         new = self.repository.find()
-        log.info("reloaded: now serving %s (sha256 %s)", new.name, new.model.sha256[:12])
-        return True, f"serving {new.name}"
+        log.info("reloaded: %s (default %s, sha256 %s)", outcome.summary(), new.name, new.model.sha256[:12])
+        return not outcome.failures, outcome.summary()
 
     def stop(self) -> int:
         """Stop accepting, let requests in flight finish (bounded by drain_timeout), stop inference."""
@@ -159,9 +174,9 @@ class Daemon:
         return 0
 
     def _publish(self, config: Config) -> None:
-        loaded = self.repository.find()
-        self.metrics.set_model(loaded.name, loaded.model.sha256, loaded.loaded_at)
-        self.metrics.set_queue_depth_source(lambda: self.repository.find().batcher.depth())
+        versions = [LoadedVersion(m.name, m.version, m.model.sha256, m.loaded_at, m.batcher.depth)
+                    for m in self.repository.loaded()]
+        self.metrics.set_models(versions, self.repository.default)
         logging.getLogger("inferd").setLevel(config.logging.level.upper())
 
     def _start_watchdog(self) -> None:
@@ -191,6 +206,16 @@ class Daemon:
             temporary.replace(target)
         except OSError as exc:
             log.warning("cannot write %s: %s", target, exc)
+
+
+def _require_default(outcome: loading.Outcome) -> None:
+    """Raise ModelError unless the default model is among the loaded ones."""
+    if any(m.name == outcome.default for m in outcome.models):
+        return
+    reason = outcome.failures.get(outcome.default) or (
+        next(iter(outcome.failures.values())) if len(outcome.failures) == 1 else None)
+    raise ModelError(reason or f"the default model {outcome.default!r} is not in the model repository "
+                               f"({outcome.summary()})")
 
 
 def answer(request: ReloadRequest, reload: Callable[[], tuple[bool, str]]) -> None:

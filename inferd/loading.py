@@ -1,29 +1,192 @@
-"""From a configuration to warm models: load each model it names, check it, warm it up, and start
-its batcher. Runs on the daemon's main loop only (at start and on reload)."""
+"""From a configuration to warm models: find the model versions it names (one model directory, or
+a repository of them), load and warm each one that is new or changed, keep each one that is not.
+Runs on the daemon's main loop only (at start and on reload).
+
+A repository holds one directory per model, named by the directory. A model directory holds
+model.ini, labels.txt and model.onnx (version 1), or numbered version directories, each with its
+model.onnx and, optionally, its own model.ini and labels.txt (else the model directory's). Which
+versions are served: the model.ini's [versions] policy, else [models] version_policy.
+
+A model whose load fails keeps the versions it had (all or nothing, per model), and the failure
+is reported; other models load as usual.
+"""
 
 from __future__ import annotations
 
+import configparser
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
 from . import model as model_module
-from .batcher import Batcher
-from .config import Config
+from .batcher import Batcher, RunGate
+from .config import Config, VersionPolicy, version_policy
+from .model import ModelError
 from .repository import LoadedModel
 
-
-def load_configured(config: Config, metrics) -> tuple[list[LoadedModel], str]:
-    """(loaded models, the default model's name) for `config`. Raises model.ModelError when a
-    model cannot be served; nothing is left running then."""
-    loaded = load_one(config, metrics)
-    return [loaded], loaded.name
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 
 
-def load_one(config: Config, metrics, version: str = "1") -> LoadedModel:
+@dataclass(frozen=True)
+class Source:
+    """Where one version of one model comes from."""
+
+    name: str
+    version: str
+    manifest: Path
+    labels: Path
+    onnx: Path
+
+    def fingerprint(self, config: Config) -> str:
+        """Changes when anything that makes this version's answers (or how it runs) changes."""
+        digest = hashlib.sha256()
+        for path in (self.onnx, self.manifest, self.labels):
+            try:
+                digest.update(path.read_bytes())
+            except OSError as exc:
+                digest.update(f"unreadable {path}: {exc}".encode())
+        digest.update(repr((config.model.intra_op_threads, config.model.inter_op_threads, config.batching)).encode())
+        return digest.hexdigest()
+
+
+@dataclass
+class Outcome:
+    """What a load produced: the models to serve, the default model, and what failed (by model)."""
+
+    models: list[LoadedModel] = field(default_factory=list)
+    default: str = ""
+    failures: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        names = sorted({m.name for m in self.models})
+        text = f"serving {', '.join(names) or 'nothing'}"
+        problems = "; ".join(f"{name}: {reason}" for name, reason in sorted(self.failures.items()))
+        return f"{text}; failed: {problems}" if problems else text
+
+
+def load(config: Config, metrics, current: list[LoadedModel] = (), only: str | None = None,
+         gate: RunGate | None = None) -> Outcome:
+    """The models `config` names, reusing the versions in `current` that did not change. With
+    `only`, only that model is looked at again; the others stay as they are in `current`."""
+    sources, failures = scan(config, only)
+    by_key = {(m.name, m.version): m for m in current}
+    outcome = Outcome(failures=failures)
+    for name in sorted({s.name for s in sources} | set(failures)):
+        if only is not None and name != only:
+            continue
+        kept = [m for m in current if m.name == name]
+        loaded, reason = _load_model([s for s in sources if s.name == name], by_key, config, metrics, gate)
+        if reason is None:
+            outcome.models.extend(loaded)
+        else:
+            outcome.failures[name] = reason
+            outcome.models.extend(kept)
+    if only is not None:
+        outcome.models.extend(m for m in current if m.name != only)
+    outcome.default = _default(config, outcome)
+    return outcome
+
+
+def _load_model(sources: list[Source], current: dict, config: Config, metrics, gate):
+    """(the loaded versions of one model, None) or ([], the reason its load failed)."""
+    loaded: list[LoadedModel] = []
+    if not sources:
+        return [], None
+    try:
+        for source in sources:
+            fingerprint = source.fingerprint(config)
+            old = current.get((source.name, source.version))
+            if old is not None and old.fingerprint == fingerprint:
+                loaded.append(old)
+            else:
+                loaded.append(load_version(source, config, metrics, fingerprint, gate))
+    except ModelError as exc:
+        for fresh in loaded:
+            if current.get((fresh.name, fresh.version)) is not fresh:
+                fresh.batcher.stop(0)
+        return [], str(exc)
+    return loaded, None
+
+
+def load_version(source: Source, config: Config, metrics, fingerprint: str = "", gate: RunGate | None = None
+                 ) -> LoadedModel:
+    """Load, check and warm one version and start its batcher; raises ModelError."""
     batching = config.batching
     model = model_module.load(
-        config.model_dir(), config.model_file(), config.labels_path(),
+        source.manifest.parent, source.onnx, source.labels, manifest_file=source.manifest,
         intra_op_threads=config.model.intra_op_threads, inter_op_threads=config.model.inter_op_threads,
         warmup_batch=batching.max_batch_size,
     )
-    batcher = Batcher(model, max_batch_size=batching.max_batch_size,
-                      max_queue_delay_ms=batching.max_queue_delay_ms,
-                      max_queue_size=batching.max_queue_size, metrics=metrics)
-    return LoadedModel(model.name, version, model, batcher.start())
+    observed = metrics.for_version(source.name, source.version) if metrics is not None else None
+    batcher = Batcher(model, max_batch_size=batching.max_batch_size, max_queue_delay_ms=batching.max_queue_delay_ms,
+                      max_queue_size=batching.max_queue_size, metrics=observed, gate=gate)
+    return LoadedModel(source.name, source.version, model, batcher.start(), fingerprint=fingerprint,
+                       source=str(source.onnx), metrics=observed)
+
+
+def scan(config: Config, only: str | None = None) -> tuple[list[Source], dict[str, str]]:
+    """Every model version the configuration names, and the models that cannot be served (by name)."""
+    repository = config.repository_dir()
+    if repository is None:
+        manifest = config.model_dir() / "model.ini"
+        try:
+            name = model_module.read_manifest(manifest).name
+        except ModelError as exc:
+            return [], {"model": str(exc)}
+        return [Source(name, "1", manifest, config.labels_path(), config.model_file())], {}
+    try:
+        directories = sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as exc:
+        raise ModelError(f"{repository}: cannot read the model repository: {exc.strerror or exc}") from None
+    sources, failures = [], {}
+    for directory in directories:
+        if only is not None and directory.name != only:
+            continue
+        if not NAME.match(directory.name):
+            failures[directory.name] = "not a model name (letters, digits, '.', '_', '-'; at most 64)"
+            continue
+        try:
+            sources.extend(_versions(directory, config.models.version_policy))
+        except ModelError as exc:
+            failures[directory.name] = str(exc)
+    return sources, failures
+
+
+def _versions(directory: Path, default_policy: VersionPolicy) -> list[Source]:
+    numbered = sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+    if not numbered:
+        return [Source(directory.name, "1", directory / "model.ini", directory / "labels.txt", directory / "model.onnx")]
+    policy = _policy(directory / "model.ini", default_policy)
+    chosen = policy.select(numbered)
+    missing = sorted(set(chosen) - set(numbered))
+    if missing:
+        raise ModelError(f"{directory}: version policy {policy} names missing versions {missing}")
+    return [_version(directory, version) for version in chosen]
+
+
+def _version(directory: Path, version: int) -> Source:
+    here = directory / str(version)
+
+    def own_or_shared(name: str) -> Path:
+        return here / name if (here / name).exists() else directory / name
+
+    return Source(directory.name, str(version), own_or_shared("model.ini"), own_or_shared("labels.txt"),
+                  here / "model.onnx")
+
+
+def _policy(manifest: Path, default: VersionPolicy) -> VersionPolicy:
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"))
+    try:
+        parser.read(manifest, encoding="utf-8")
+        text = parser.get("versions", "policy", fallback=None)
+        return version_policy(text) if text else default
+    except (configparser.Error, ValueError) as exc:
+        raise ModelError(f"{manifest}: [versions] policy: {exc}") from None
+
+
+def _default(config: Config, outcome: Outcome) -> str:
+    names = sorted({m.name for m in outcome.models})
+    if config.models.default:
+        return config.models.default
+    return names[0] if names else ""

@@ -168,10 +168,10 @@ def softmax(scores: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def load(model_dir: Path, model_file: Path, labels_file: Path, *, intra_op_threads: int = 0,
-         inter_op_threads: int = 1, warmup_batch: int = 1) -> Model:
+def load(model_dir: Path, model_file: Path, labels_file: Path, *, manifest_file: Path | None = None,
+         intra_op_threads: int = 0, inter_op_threads: int = 1, warmup_batch: int = 1) -> Model:
     """Load, check and warm up a model; raises ModelError with a reason an operator can act on."""
-    manifest = read_manifest(model_dir / "model.ini")
+    manifest = read_manifest(manifest_file or model_dir / "model.ini")
     labels = read_labels(labels_file)
     data = _read_model_bytes(model_file)
     session = _session(data, model_file, intra_op_threads or available_cores(), inter_op_threads)

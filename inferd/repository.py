@@ -40,6 +40,9 @@ class LoadedModel:
     model: Model
     batcher: Batcher
     loaded_at: float = field(default_factory=time.time)
+    fingerprint: str = ""  # loading.Source.fingerprint: unchanged files keep the loaded version
+    source: str = ""  # the model file, for the log
+    metrics: object = None  # InferdMetrics.for_version(name, version): what this version observes
 
     def describe(self) -> dict:
         return {**self.model.describe(), "name": self.name, "version": self.version}
@@ -58,6 +61,7 @@ class Repository:
         self._models: dict[str, dict[str, LoadedModel]] = {}
         self._default = ""
         self._retiring: dict[str, list[LoadedModel]] = {}
+        self.failures: dict[str, str] = {}  # model name -> why its last load failed
 
     @property
     def default(self) -> str:
@@ -99,9 +103,11 @@ class Repository:
             return [self._models[n][v] for n in sorted(self._models)
                     for v in sorted(self._models[n], key=_version_key)]
 
-    def install(self, models: list[LoadedModel], default: str) -> list[LoadedModel]:
+    def install(self, models: list[LoadedModel], default: str, failures: dict[str, str] | None = None
+                ) -> list[LoadedModel]:
         """Make `models` the loaded set (on the daemon's main loop only) and retire every version
-        they replace, in the background; returns the replaced versions."""
+        they replace, in the background; returns the replaced versions. `failures` replaces the
+        record of models whose last load failed."""
         table: dict[str, dict[str, LoadedModel]] = {}
         for loaded in models:
             table.setdefault(loaded.name, {})[loaded.version] = loaded
@@ -109,6 +115,8 @@ class Repository:
             keep = {id(m) for m in models}
             replaced = [m for versions in self._models.values() for m in versions.values() if id(m) not in keep]
             self._models, self._default = table, default
+            if failures is not None:
+                self.failures = dict(failures)
         for old in replaced:
             self._retire_later(old)
         return replaced

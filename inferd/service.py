@@ -39,9 +39,8 @@ class Classification:
 class Service:
     """Holds the configuration and the repository the daemon installs; requests lease from it."""
 
-    def __init__(self, repository: Repository, metrics, config: Config):
+    def __init__(self, repository: Repository, config: Config):
         self.repository = repository
-        self.metrics = metrics
         self.config = config
         self.decode_budget = DecodeBudget(config.limits.max_decode_bytes)
 
@@ -55,7 +54,7 @@ class Service:
         repository.UnknownModel (404)."""
         config = self.config
         with self.repository.lease(model, version) as loaded:
-            yield Lease(config, loaded, self.metrics, self.decode_budget)
+            yield Lease(config, loaded, self.decode_budget)
 
     def describe_default(self) -> dict | None:
         """The default model's description, or None while none is loaded."""
@@ -68,10 +67,10 @@ class Service:
 class Lease:
     """One request's hold on (config, loaded model)."""
 
-    def __init__(self, config: Config, loaded: LoadedModel, metrics, decode_budget: DecodeBudget | None = None):
+    def __init__(self, config: Config, loaded: LoadedModel, decode_budget: DecodeBudget | None = None):
         self.config = config
         self.loaded = loaded
-        self.metrics = metrics
+        self.metrics = loaded.metrics  # this version's VersionMetrics
         self.decode_budget = decode_budget
 
     @property

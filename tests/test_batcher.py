@@ -280,8 +280,8 @@ def test_the_request_timeout_cuts_off_a_queued_image_not_a_running_batch(start):
     """[batching] request_timeout bounds the wait for a result: an image queued behind a stuck
     batch gets 503, while the request whose batch is running (on its own thread) gets its answer."""
     batcher, recorder = start()
-    lease = Lease(config.parse("[batching]\nrequest_timeout = 0.3\n", "<test>"), SimpleNamespace(batcher=batcher),
-                  metrics=None)
+    lease = Lease(config.parse("[batching]\nrequest_timeout = 0.3\n", "<test>"),
+                  SimpleNamespace(batcher=batcher, metrics=None))
     recorder.gate.clear()
     lone: list = []
 

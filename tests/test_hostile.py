@@ -169,7 +169,8 @@ def test_retired_versions_wait_for_their_leases_up_to_a_cap(tiny_model_dir):
     tensor = np.zeros((1, 3, 224, 224), np.float32)
     leases, held = [], []
     for generation in range(repository.MAX_RETIRING + 2):
-        repo.install(*loading.load_configured(config, None))
+        outcome = loading.load(config, None)
+        repo.install(outcome.models, outcome.default)
         lease = repo.lease()
         held.append(lease.__enter__())
         leases.append(lease)

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from inferd import metrics
 from inferd.metrics import (
     CONTENT_TYPE_JSON, CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, Counter, Gauge, Histogram,
-    InferdMetrics, Registry, format_openmetrics, format_text, negotiate, render,
+    InferdMetrics, LoadedVersion, Registry, format_openmetrics, format_text, negotiate, render,
 )
 from tests.support import new_metrics
 
@@ -247,17 +247,18 @@ def populated(process=True):
     m.observe_request("/wp-login.php", "PROPFIND", 404, 0.0001)
     m.observe_request("/infer", "DELETE", HTTPStatus.METHOD_NOT_ALLOWED, 0.0001)
     m.observe_request("/infer", "POST", 999, 0.0001)
+    name = 'weird "name"\\\n'
+    m.set_models([LoadedVersion(name, "1", "0" * 64, 1_700_000_000.5, lambda: 7)], default=name)
+    version = m.for_version(name, "1")
     for outcome in ("ok", "ok", "ok", "bad_input", "error"):
-        m.observe_image(outcome)
-    m.observe_preprocess(0.004)
-    m.observe_queue_wait(0.001)
-    m.observe_batch(3, 0.05)
-    m.observe_batch(1, 0.01)
+        version.observe_image(outcome)
+    version.observe_preprocess(0.004)
+    version.observe_queue_wait(0.001)
+    version.observe_batch(3, 0.05)
+    version.observe_batch(1, 0.01)
     m.request_started()
     m.request_started()
     m.request_finished()
-    m.set_queue_depth_source(lambda: 7)
-    m.set_model('weird "name"\\\n', "0" * 64, 1_700_000_000.5)
     m.observe_reload(True)
     m.observe_reload(False)
     return m
@@ -274,13 +275,13 @@ def test_strict_openmetrics_parser_accepts_a_populated_render():
         "inferd_http_requests_in_flight", "inferd_images", "inferd_preprocess_seconds",
         "inferd_queue_wait_seconds", "inferd_inference_seconds", "inferd_batch_size",
         "inferd_queue_depth", "inferd_model_info", "inferd_model_loaded_timestamp_seconds",
-        "inferd_reloads", "inferd_build_info", "process_cpu_seconds",
+        "inferd_reloads", "inferd_model_reloads", "inferd_build_info", "process_cpu_seconds",
         "process_virtual_memory_bytes", "process_resident_memory_bytes",
         "process_start_time_seconds", "process_open_fds", "process_max_fds",
     }
     assert set(families) == expected
     (info,) = families["inferd_model_info"]
-    assert info.labels == {"name": 'weird "name"\\\n', "sha256": "0" * 64} and info.value == 1
+    assert info.labels == {"name": 'weird "name"\\\n', "version": "1", "sha256": "0" * 64} and info.value == 1
 
 
 def test_text_parser_accepts_a_populated_render():
@@ -301,26 +302,29 @@ def test_unknown_paths_and_methods_never_get_series_of_their_own():
     assert populated().route_label("/INFER") == "other"
 
 
-def test_set_model_replaces_the_info_sample():
+def test_set_models_replaces_the_info_samples_and_forgets_unloaded_versions():
     m = new_metrics(process=False)
-    m.set_model("a", "1" * 64, 10.0)
-    m.set_model("b", "2" * 64, 20.0)
+    m.set_models([LoadedVersion("a", "1", "1" * 64, 10.0)], default="a")
+    m.for_version("a", "1").observe_image("ok")
+    m.set_models([LoadedVersion("b", "1", "2" * 64, 20.0), LoadedVersion("b", "2", "3" * 64, 30.0)], default="b")
     families = samples_of(parse_openmetrics(format_openmetrics(m.registry.collect())))
-    assert [s.labels["name"] for s in families["inferd_model_info"]] == ["b"]
-    assert families["inferd_model_loaded_timestamp_seconds"][0].value == 20.0
-    assert m.snapshot_json()["model"] == {"name": "b", "sha256": "2" * 64, "loaded_at": 20.0}
+    assert [(s.labels["name"], s.labels["version"]) for s in families["inferd_model_info"]] == [("b", "1"), ("b", "2")]
+    assert [s.value for s in families["inferd_model_loaded_timestamp_seconds"]] == [20.0, 30.0]
+    assert all(s.labels["model"] == "b" for s in families["inferd_images"])
+    assert m.snapshot_json()["model"] == {"name": "b", "version": "2", "sha256": "3" * 64, "loaded_at": 30.0}
+    assert sorted(m.snapshot_json()["models"]["b"]["versions"]) == ["1", "2"]
 
 
 def test_a_failing_queue_depth_source_drops_the_sample_not_the_scrape():
     m = new_metrics(process=False)
-    m.set_queue_depth_source(lambda: 1 // 0)
+    m.set_models([LoadedVersion("a", "1", "1" * 64, 10.0, lambda: 1 // 0)], default="a")
     assert samples_of(parse_openmetrics(format_openmetrics(m.registry.collect())))["inferd_queue_depth"] == []
     assert m.snapshot_json()["queue_depth"] is None
 
 
 def test_observe_image_rejects_unknown_outcomes():
     with pytest.raises(ValueError, match="outcome"):
-        new_metrics(process=False).observe_image("meh")
+        new_metrics(process=False).for_version("a", "1").observe_image("meh")
 
 
 # -- promtool -----------------------------------------------------------------------------------
@@ -347,7 +351,7 @@ def test_promtool_on_openmetrics_flags_only_what_it_cannot_parse():
     # OpenMetrics counter's "name_total" samples as a family of their own without HELP. Anything
     # beyond that, or a parse error (exit 1), would be ours.
     code, output = promtool_check(format_openmetrics(populated().registry.collect()))
-    counters = ["inferd_http_requests_total", "inferd_images_total", "inferd_reloads_total",
+    counters = ["inferd_http_requests_total", "inferd_images_total", "inferd_reloads_total", "inferd_model_reloads_total",
                 "process_cpu_seconds_total"]
     assert code in (0, 3), output
     assert sorted(output.splitlines()) == sorted(f"{c} no help text" for c in counters)
@@ -417,6 +421,8 @@ def test_json_rate_and_percentiles_use_the_documented_windows():
 
 def test_exact_counts_under_threads_while_scraping():
     m = new_metrics(process=False)
+    m.set_models([LoadedVersion("a", "1", "1" * 64, 10.0)], default="a")
+    version = m.for_version("a", "1")
     threads, per_thread = 8, 10_000
     start = threading.Barrier(threads + 1)
     stop = threading.Event()
@@ -427,8 +433,8 @@ def test_exact_counts_under_threads_while_scraping():
         route = "/infer" if i % 2 else "/health"
         for _ in range(per_thread):
             m.observe_request(route, "POST", 200, 0.5)
-            m.observe_image("ok")
-            m.observe_batch(2, 0.25)
+            version.observe_image("ok")
+            version.observe_batch(2, 0.25)
 
     def scrape():
         start.wait()

@@ -15,11 +15,10 @@ from typing import Callable, Iterable
 from .. import __version__
 from . import exposition
 from .families import Counter, Gauge, Histogram, Registry
+from .models import IMAGE_OUTCOMES, LoadedVersion, ModelFamilies, VersionMetrics
 from .process import ProcessCollector
 
-BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 METHODS = frozenset(("GET", "POST", "HEAD"))
-IMAGE_OUTCOMES = ("ok", "bad_input", "error")
 LATENCY_WINDOW = 1024
 OTHER_ROUTE = "other"
 
@@ -61,31 +60,9 @@ class InferdMetrics:
             ("route",), unit="seconds", registry=r)
         self._in_flight = Gauge(
             "inferd_http_requests_in_flight", "HTTP requests being handled now.", registry=r)
-        self._images = Counter(
-            "inferd_images_total", "Images classified, by outcome (ok, bad_input, error).",
-            ("outcome",), registry=r)
-        self._preprocess = Histogram(
-            "inferd_preprocess_seconds", "Time to decode and preprocess one image.",
-            unit="seconds", registry=r)
-        self._queue_wait = Histogram(
-            "inferd_queue_wait_seconds", "Time an image waited in the batch queue.",
-            unit="seconds", registry=r)
-        self._inference = Histogram(
-            "inferd_inference_seconds", "Time of one session.run, per batch.",
-            unit="seconds", registry=r)
-        self._batch_size = Histogram(
-            "inferd_batch_size", "Images per session.run.", buckets=BATCH_SIZE_BUCKETS, registry=r)
-        self._queue_depth = Gauge(
-            "inferd_queue_depth", "Images waiting in the batch queue.", registry=r)
-        self._model_info = Gauge(
-            "inferd_model_info", "The model being served; the value is always 1.",
-            ("name", "sha256"), registry=r)
-        self._model_loaded = Gauge(
-            "inferd_model_loaded_timestamp_seconds",
-            "Unix time the served model was loaded; 0 before the first load.",
-            unit="seconds", registry=r)
+        self.models = ModelFamilies(r)
         self._reloads = Counter(
-            "inferd_reloads_total", "Model reloads, by result (success, failure).",
+            "inferd_reloads_total", "Reloads (SIGHUP or POST /admin/reload), by result (success, failure).",
             ("result",), registry=r)
         self._build_info = Gauge(
             "inferd_build_info", "Versions of inferd and what it runs on; the value is always 1.",
@@ -96,14 +73,12 @@ class InferdMetrics:
         self._build = {"version": __version__, "python": platform.python_version(),
                        "onnxruntime": onnxruntime_version or _onnxruntime_version()}
         self._build_info.labels(**self._build).set(1)
-        self._model: dict | None = None
+        self._default_model = ""
         # Latencies of the most recent LATENCY_WINDOW inference requests, for the JSON percentiles.
         self._window: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
 
     def _create_fixed_series(self) -> None:
         """Label values come from fixed sets, so every such series exists from the start at 0."""
-        for outcome in IMAGE_OUTCOMES:
-            self._images.labels(outcome=outcome)
         for result in ("success", "failure"):
             self._reloads.labels(result=result)
         for route in self.routes + (OTHER_ROUTE,):
@@ -141,45 +116,23 @@ class InferdMetrics:
     def request_finished(self) -> None:
         self._in_flight.dec()
 
-    # -- called by the service and the batcher -------------------------------------------------
-
-    def observe_image(self, outcome: str) -> None:
-        """Count one image by outcome: "ok", "bad_input" or "error". Raises ValueError otherwise."""
-        if outcome not in IMAGE_OUTCOMES:
-            raise ValueError(f"image outcome must be one of {IMAGE_OUTCOMES}; got {outcome!r}")
-        self._images.labels(outcome=outcome).inc()
-
-    def observe_preprocess(self, seconds: float) -> None:
-        self._preprocess.observe(seconds)
-
-    def observe_queue_wait(self, seconds: float) -> None:
-        self._queue_wait.observe(seconds)
-
-    def observe_batch(self, size: int, seconds: float) -> None:
-        """One session.run over size images that took seconds."""
-        if not (size >= 0 and seconds >= 0):
-            raise ValueError(f"batch size and duration are >= 0; got {size!r}, {seconds!r}")
-        with self.registry.atomically():
-            self._batch_size.observe(size)
-            self._inference.observe(seconds)
-
-    def set_queue_depth_source(self, source: Callable[[], int] | None) -> None:
-        """Read the queue depth by calling source() at render time (outside the metrics lock)."""
-        self._queue_depth.set_function(source)
-
     # -- called by the daemon ------------------------------------------------------------------
 
-    def set_model(self, name: str, sha256: str, loaded_at: float) -> None:
-        """Replace the model_info sample (the old one disappears) and the load time (Unix seconds),
-        in one step: no scrape sees two models or none."""
+    def for_version(self, model: str, version: str) -> VersionMetrics:
+        """What one loaded version observes (images, preprocessing, queue waits, batches)."""
+        return VersionMetrics(self.models, model, version)
+
+    def set_models(self, versions: list[LoadedVersion], default: str) -> None:
+        """The loaded versions, replaced in one step: no scrape sees two sets or none."""
         with self.registry.atomically():
-            self._model_info.clear()
-            self._model_info.labels(name=str(name), sha256=str(sha256)).set(1)
-            self._model_loaded.set(loaded_at)
-            self._model = {"name": name, "sha256": sha256, "loaded_at": loaded_at}
+            self.models.install(versions)
+            self._default_model = default
 
     def observe_reload(self, ok: bool) -> None:
         self._reloads.labels(result="success" if ok else "failure").inc()
+
+    def observe_model_reload(self, model: str, ok: bool) -> None:
+        self.models.observe_reload(model, ok)
 
     # -- views ---------------------------------------------------------------------------------
 
@@ -190,7 +143,8 @@ class InferdMetrics:
     def snapshot_json(self) -> dict:
         """The JSON view. Request figures cover inference requests only, as in the reference
         design; they equal the sums of inferd_http_requests_total and
-        inferd_http_request_duration_seconds over those routes.
+        inferd_http_request_duration_seconds over those routes. Image, batch and queue figures are
+        summed over every loaded model; "models" has them per model and version.
 
         - total_requests; successful_requests (2xx); failed_requests (everything else).
         - success_rate: successful / total as a fraction in [0, 1]; null before any request.
@@ -200,11 +154,13 @@ class InferdMetrics:
           null while the window is empty.
         - requests_per_second: total_requests / uptime_seconds, i.e. the all-time average rate.
         """
-        depth = self._queue_depth.get()  # may call the source: before taking the lock
+        depths = self.models.depths()  # may call the sources: before taking the lock
         now = self._clock()
         with self.registry.atomically():
             copied = self._copy_for_json()
-        return self._json_view(copied, depth, max(now - self._started, 0.0))
+        view = self._json_view(copied, max(now - self._started, 0.0))
+        view.update(model_json(copied["models"], depths, self._default_model))
+        return view
 
     def _copy_for_json(self) -> dict:
         """The numbers the JSON view needs, copied while the caller holds the registry lock."""
@@ -212,21 +168,17 @@ class InferdMetrics:
             "requests": [(key, child.get()) for key, child in self._requests.children()],
             "durations": {key[0]: child.get() for key, child in self._durations.children()},
             "window": sorted(self._window),
-            "images": {key[0]: child.get() for key, child in self._images.children()},
             "reloads": {key[0]: child.get() for key, child in self._reloads.children()},
-            "batches": self._batch_size.children()[0][1].get(),
-            "inference_sum": self._inference.children()[0][1].get()[1],
             "in_flight": self._in_flight.get(),
-            "model": dict(self._model) if self._model else None,
+            "models": self.models.copy_for_json(),
         }
 
-    def _json_view(self, c: dict, depth, uptime: float) -> dict:
+    def _json_view(self, c: dict, uptime: float) -> dict:
         inference = self.inference_routes
         total = sum(v for (route, _, _), v in c["requests"] if route in inference)
         ok = sum(v for (route, _, code), v in c["requests"] if route in inference and code.startswith("2"))
         count = sum(c["durations"][r][0] for r in inference if r in c["durations"])
         latency_sum = sum(c["durations"][r][1] for r in inference if r in c["durations"])
-        batch_count, batch_images = c["batches"]
         return {
             "uptime_seconds": uptime,
             "total_requests": total,
@@ -241,16 +193,45 @@ class InferdMetrics:
             "requests_per_second": total / uptime if uptime > 0 else 0.0,
             "all_http_requests": sum(v for _, v in c["requests"]),
             "requests_in_flight": c["in_flight"],
-            "images": c["images"],
-            "queue_depth": depth,
-            "batches": {"count": batch_count, "images": int(batch_images),
-                        "average_size": batch_images / batch_count if batch_count else None,
-                        "average_inference_ms":
-                            1000.0 * c["inference_sum"] / batch_count if batch_count else None},
-            "model": c["model"],
             "reloads": c["reloads"],
             "build": dict(self._build),
         }
+
+
+def model_json(c: dict, depths: dict, default: str) -> dict:
+    """The JSON view's image, batch and queue figures, in all and per model and version."""
+    per_version = {}
+    for v in c["versions"]:
+        key = (v.model, v.version)
+        per_version[key] = {"sha256": v.sha256, "loaded_at": v.loaded_at, "queue_depth": depths.get(key),
+                            "images": {o: c["images"].get(key, {}).get(o, 0) for o in IMAGE_OUTCOMES},
+                            "batches": _batches(*c["batches"].get(key, (0, 0.0)), c["inference"].get(key, 0.0))}
+    models: dict[str, dict] = {}
+    for (model, version), figures in per_version.items():
+        entry = models.setdefault(model, {"versions": {}, "reloads": dict(c["reloads"].get(model, {}))})
+        entry["versions"][version] = figures
+    count = sum(n for n, _ in c["batches"].values())
+    images = sum(s for _, s in c["batches"].values())
+    values = list(depths.values())
+    default_version = max((v for v in c["versions"] if v.model == default), key=lambda v: _order(v.version), default=None)
+    return {
+        "images": {o: sum(f.get(o, 0) for f in c["images"].values()) for o in IMAGE_OUTCOMES},
+        "queue_depth": None if any(d is None for d in values) else sum(values),
+        "batches": _batches(count, images, sum(c["inference"].values())),
+        "model": None if default_version is None else {
+            "name": default_version.model, "version": default_version.version,
+            "sha256": default_version.sha256, "loaded_at": default_version.loaded_at},
+        "models": models,
+    }
+
+
+def _batches(count: int, images: float, inference_seconds: float) -> dict:
+    return {"count": count, "images": int(images), "average_size": images / count if count else None,
+            "average_inference_ms": 1000.0 * inference_seconds / count if count else None}
+
+
+def _order(version: str) -> tuple:
+    return (0, int(version), "") if version.isdigit() else (1, 0, version)
 
 
 def _percentile_ms(ordered: list[float], p: float) -> float | None:

@@ -24,7 +24,9 @@ ROUTES = (
     Route("/infer/batch", {"POST": native.infer_batch}, pool=INFERENCE, body=READ, admit=native.admit_upload),
     Route("/health", {"GET": native.health}),
     Route("/metrics", {"GET": native.metrics}),
+    Route("/models", {"GET": native.models}),
     Route("/admin/reload", {"POST": admin.reload}, body=DISCARD),
+    Route("/admin/models/{name}/reload", {"POST": admin.reload_model}, body=DISCARD),
 )
 
 GUARDS = (("/admin/", admin.guard),)

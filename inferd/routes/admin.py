@@ -43,13 +43,28 @@ def is_loopback(host: str) -> bool:
 
 def reload(request: Request, context) -> Response:
     """Asks the daemon's main loop to reload what its configuration names and waits for the
-    outcome; nothing in the request can choose a model."""
+    outcome; nothing in the request can choose a file."""
+    return _reload(context, None)
+
+
+def reload_model(request: Request, context) -> Response:
+    """POST /admin/models/{name}/reload: look at that model alone; 404 for a name that is neither
+    loaded nor failed."""
+    name = request.params["name"]
+    repository = context.service.repository
+    if name not in {m.name for m in repository.loaded()} | set(repository.failures):
+        raise HTTPError(404, f"no model named {name!r}")
+    return _reload(context, name)
+
+
+def _reload(context, model: str | None) -> Response:
     if context.control.draining:
         raise HTTPError(503, "reload is not available now")
-    ok, message = context.control.reload()
+    ok, message = context.control.reload(model)
     if not ok:
         raise HTTPError(500, f"reload failed, the previous model keeps serving: {redact_paths(message)}")
-    return Response(200, {"message": "Model reloaded successfully", "model": context.service.describe_default()})
+    return Response(200, {"message": "Model reloaded successfully", "outcome": message,
+                          "model": context.service.describe_default()})
 
 
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])(?:/[^\s/:;,'\"()\[\]]+)+/?")

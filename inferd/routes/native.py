@@ -24,8 +24,9 @@ class Admitted:
 
 @contextlib.contextmanager
 def admit_upload(request: Request, context):
-    """Before the body: the model lease (held until the answer), ?top_k (400), the content type (415)."""
-    with context.service.lease() as lease:
+    """Before the body: the model lease (?model, ?version; held until the answer; 404 for one not
+    loaded), ?top_k (400), the content type (415)."""
+    with context.service.lease(_query(request, "model"), _query(request, "version")) as lease:
         top_k = parse_top_k(request.query, lease.config.model.top_k, len(lease.labels))
         upload_kind(request.headers.get("Content-Type", ""))
         yield Admitted(lease, top_k)
@@ -39,7 +40,7 @@ def infer(request: Request, context) -> Response:
     (result,) = admitted.lease.classify([images[0].data], admitted.top_k)
     if isinstance(result, Exception):
         raise result
-    return Response(200, {**_prediction(result), "model": admitted.lease.loaded.name})
+    return Response(200, {**_prediction(result), **_served_by(admitted.lease)})
 
 
 def infer_batch(request: Request, context) -> Response:
@@ -56,8 +57,17 @@ def infer_batch(request: Request, context) -> Response:
     return Response(200, {
         "total_images": len(entries), "successful": len(entries) - failed, "failed": failed,
         "total_time_ms": round((time.monotonic() - started) * 1000.0, 3),
-        "model": admitted.lease.loaded.name, "results": entries,
+        **_served_by(admitted.lease), "results": entries,
     })
+
+
+def _served_by(lease: Lease) -> dict:
+    return {"model": lease.loaded.name, "version": lease.loaded.version}
+
+
+def _query(request: Request, name: str) -> str | None:
+    values = request.query.get(name)
+    return values[-1] if values else None
 
 
 def _prediction(result: Classification) -> dict:
@@ -72,12 +82,34 @@ def _batch_entry(filename: str | None, result) -> dict:
 
 
 def health(request: Request, context) -> Response:
+    """200 while the default model serves; every model and version with its state."""
     model = context.service.describe_default()
+    models = _states(context.service.repository)
     if context.control.draining:
-        return Response(503, {"status": "draining", "model_loaded": model is not None})
+        return Response(503, {"status": "draining", "model_loaded": model is not None, "models": models})
     if model is None:
-        return Response(503, {"status": "loading", "model_loaded": False})
-    return Response(200, {"status": "ok", "model_loaded": True, "model": model})
+        return Response(503, {"status": "loading", "model_loaded": False, "models": models})
+    return Response(200, {"status": "ok", "model_loaded": True, "model": model, "models": models})
+
+
+def models(request: Request, context) -> Response:
+    """Every model: its versions with inputs, labels count and sha256; the default model."""
+    repository = context.service.repository
+    return Response(200, {"default": repository.default, "models": _states(repository, detail=True)})
+
+
+def _states(repository, detail: bool = False) -> list[dict]:
+    by_name: dict[str, dict] = {}
+    for loaded in repository.loaded():
+        entry = by_name.setdefault(loaded.name, {"name": loaded.name, "state": "ready", "versions": []})
+        version = {"version": loaded.version, "state": "ready"}
+        if detail:
+            version.update({**loaded.describe(), "loaded_at": loaded.loaded_at})
+        entry["versions"].append(version)
+    for name, reason in repository.failures.items():
+        entry = by_name.setdefault(name, {"name": name, "state": "failed", "versions": []})
+        entry["last_error"] = reason
+    return [by_name[name] for name in sorted(by_name)]
 
 
 def metrics(request: Request, context) -> Response:
