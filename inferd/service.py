@@ -31,6 +31,14 @@ class InferenceTimeout(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Scores:
+    """One image's row of model output (probabilities when the manifest asks for softmax)."""
+
+    scores: np.ndarray
+    inference_time_ms: float
+
+
+@dataclass(frozen=True)
 class Classification:
     predictions: list[Prediction]
     inference_time_ms: float
@@ -80,22 +88,29 @@ class Lease:
     def classify(self, images: list[bytes], top_k: int) -> list[Classification | ImageError]:
         """Per image, its top_k predictions or the ImageError (4xx) that refused it. Raises for the
         whole request: QueueFull or BatcherStopped (503), InferenceTimeout (503)."""
+        top = self.loaded.model.top_k
+        return [r if isinstance(r, Exception) else Classification(top(r.scores, top_k), r.inference_time_ms)
+                for r in self.score_images(images)]
+
+    def score_images(self, images: list[bytes]) -> list[Scores | ImageError]:
+        """Per image, its scores or the ImageError (4xx) that refused it; all of a request's images
+        go to the batcher together. Raises as classify does."""
         results: list = [self._preprocess(data) for data in images]
-        tensors = [r for r in results if not isinstance(r, Exception)]
+        scored = iter(self.score_tensors([r for r in results if not isinstance(r, Exception)]))
+        return [r if isinstance(r, Exception) else next(scored) for r in results]
+
+    def score_tensors(self, tensors) -> list[Scores]:
+        """Scores of preprocessed tensors (each in the model's input shape), through the batcher."""
         submitted = time.monotonic()
         try:
-            outputs = iter(self._infer(tensors, submitted))
+            outputs = self._infer(list(tensors), submitted)
         except Exception:
             for _ in tensors:
                 self.metrics.observe_image("error")
             raise
-        model = self.loaded.model
-        for i, result in enumerate(results):
-            if not isinstance(result, Exception):
-                scores, seconds = next(outputs)
-                results[i] = Classification(model.top_k(scores, top_k), round(seconds * 1000.0, 3))
-                self.metrics.observe_image("ok")
-        return results
+        for _ in outputs:
+            self.metrics.observe_image("ok")
+        return [Scores(scores, round(seconds * 1000.0, 3)) for scores, seconds in outputs]
 
     def _preprocess(self, data: bytes) -> np.ndarray | ImageError:
         started = time.monotonic()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..http.messages import DISCARD, INFERENCE, READ, Route
-from . import admin, native
+from . import admin, native, v2
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,20 @@ ROUTES = (
     Route("/models", {"GET": native.models}),
     Route("/admin/reload", {"POST": admin.reload}, body=DISCARD),
     Route("/admin/models/{name}/reload", {"POST": admin.reload_model}, body=DISCARD),
+    # The Open Inference Protocol v2 (KServe, Triton)
+    Route("/v2", {"GET": v2.server_metadata}),
+    Route("/v2/health/live", {"GET": v2.live}),
+    Route("/v2/health/ready", {"GET": v2.ready}),
+    Route("/v2/repository/index", {"POST": v2.repository_index}, body=DISCARD),
+    Route("/v2/models/{model}", {"GET": v2.model_metadata}),
+    Route("/v2/models/{model}/versions/{version}", {"GET": v2.model_metadata}),
+    Route("/v2/models/{model}/ready", {"GET": v2.model_ready}),
+    Route("/v2/models/{model}/versions/{version}/ready", {"GET": v2.model_ready}),
+    Route("/v2/models/{model}/config", {"GET": v2.model_config}),
+    Route("/v2/models/{model}/versions/{version}/config", {"GET": v2.model_config}),
+    Route("/v2/models/{model}/infer", {"POST": v2.infer}, pool=INFERENCE, body=READ, admit=v2.admit_infer),
+    Route("/v2/models/{model}/versions/{version}/infer", {"POST": v2.infer}, pool=INFERENCE, body=READ,
+          admit=v2.admit_infer),
 )
 
 GUARDS = (("/admin/", admin.guard),)
