@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
-from tests.support import (DEFAULT_MODEL, DaemonProcess, InProcessServer, NotifySocket, model_build,
+from tests.support import (DEFAULT_MODEL, REPO, DaemonProcess, InProcessServer, NotifySocket, model_build,
                            start_in_process)
 
 
@@ -32,6 +32,16 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny-model")
     model_build.build_model("tiny", out)
     return out
+
+
+@pytest.fixture(scope="session")
+def resnet50_dir(tmp_path_factory) -> Path:
+    """A ResNet-50-shaped graph (random weights) beside the shipped preset's model.ini and labels."""
+    directory = tmp_path_factory.mktemp("resnet50")
+    shutil.copy(REPO / "models" / "resnet50" / "model.ini", directory)
+    shutil.copy(REPO / "models" / "resnet50" / "labels.txt", directory)
+    model_build.build_model("resnet50", directory)
+    return directory
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +77,7 @@ def start_daemon(tmp_path):
     def start(config_text: str = "", env: dict | None = None, args: tuple = (), wait: bool = True):
         config_path = tmp_path / "inferd.conf"
         config_path.write_text(config_text)
-        notify = NotifySocket(tmp_path)
+        notify = NotifySocket(tmp_path, f"notify-{len(started)}.sock")
         log_path = tmp_path / f"daemon-{len(started)}.log"
         environment = {**os.environ, "NOTIFY_SOCKET": notify.path, "INFERD_SERVER_PORT": "0", **(env or {})}
         environment = {key: value for key, value in environment.items() if value is not None}

@@ -13,7 +13,6 @@ import io
 import logging
 import re
 import socket
-import threading
 import time
 from pathlib import Path
 

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from inferd import metrics
 from inferd.metrics import (
     CONTENT_TYPE_JSON, CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, Counter, Gauge, Histogram,
-    InferdMetrics, LoadedVersion, Registry, format_openmetrics, format_text, negotiate, render,
+    LoadedVersion, Registry, format_openmetrics, format_text, negotiate, render,
 )
 from tests.support import new_metrics
 

@@ -12,19 +12,9 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.support import REPO, config_for, model_build
+from tests.support import REPO, config_for
 from inferd import model
 from inferd.model import ModelError
-
-
-@pytest.fixture(scope="module")
-def resnet50_dir(tmp_path_factory) -> Path:
-    """A ResNet-50-shaped graph (random weights) beside the shipped preset's model.ini and labels."""
-    directory = tmp_path_factory.mktemp("resnet50")
-    shutil.copy(REPO / "models" / "resnet50" / "model.ini", directory)
-    shutil.copy(REPO / "models" / "resnet50" / "labels.txt", directory)
-    model_build.build_model("resnet50", directory)
-    return directory
 
 
 def load(directory: Path, **kwargs) -> model.Model:
