@@ -35,9 +35,10 @@ def run(images: dict[str, Path], workdir: Path, *, requests: int = 10_000, reloa
         by_requests = _request_growth(daemon, body, content_type, requests)
     finally:
         daemon.stop()
-    daemon = servers.start_inferd(servers.REPO / "models" / "efficientnet-lite0", workdir / "memory-reloads")
+    model = changeable_copy(servers.REPO / "models" / "efficientnet-lite0", workdir / "reloaded-model")
+    daemon = servers.start_inferd(model, workdir / "memory-reloads")
     try:
-        by_reloads = _reload_growth(daemon, body, content_type, reloads)
+        by_reloads = _reload_growth(daemon, body, content_type, reloads, model)
     finally:
         daemon.stop()
     checks = [
@@ -67,13 +68,30 @@ def _request_growth(daemon, body: bytes, content_type: str, total: int) -> dict:
             "growth_mb": round((after_all - after_100) / 1024, 1), "failed": failed}
 
 
-def _reload_growth(daemon, body: bytes, content_type: str, reloads: int) -> dict:
+def changeable_copy(model_dir: Path, target: Path) -> Path:
+    """A model directory whose model.onnx is `model_dir`'s (a link) and whose manifest can change."""
+    target.mkdir(parents=True)
+    (target / "model.onnx").symlink_to(model_dir / "model.onnx")
+    for name in ("model.ini", "labels.txt"):
+        (target / name).write_bytes((model_dir / name).read_bytes())
+    return target
+
+
+def touch_manifest(model_dir: Path, number: int) -> None:
+    """A changed manifest: inferd reloads a model whose files changed and keeps one whose did not."""
+    manifest = model_dir / "model.ini"
+    manifest.write_text(manifest.read_text().split("\n; reload ")[0] + f"\n; reload {number}\n")
+
+
+def _reload_growth(daemon, body: bytes, content_type: str, reloads: int, model_dir: Path,
+                   path: str = "/admin/reload") -> dict:
     """Each reload loads, warms and swaps a new model, then retires the old one; requests in between."""
     loadgen.run_load(daemon.url, body, content_type, connections=CONNECTIONS, count=20)
     before = daemon.rss_kib()
     failed, after_first = 0, None
     for number in range(1, reloads + 1):
-        failed += _reload(daemon.url) != 200
+        touch_manifest(model_dir, number)
+        failed += _reload(daemon.url, path) != 200
         failed += _failed(loadgen.run_load(daemon.url, body, content_type, connections=CONNECTIONS, count=8))
         after_first = after_first or daemon.rss_kib()
         if number % 10 == 0:
@@ -85,12 +103,12 @@ def _reload_growth(daemon, body: bytes, content_type: str, reloads: int) -> dict
             "growth_after_first_mb": round((after - after_first) / 1024, 1), "failed": failed}
 
 
-def _reload(url: str) -> int:
-    """POST /admin/reload (loopback is allowed without a token); returns the status."""
+def _reload(url: str, path: str = "/admin/reload") -> int:
+    """POST a reload (loopback is allowed without a token); returns the status."""
     target = urlsplit(url)
     connection = http.client.HTTPConnection(target.hostname, target.port, timeout=120)
     try:
-        connection.request("POST", "/admin/reload", b"", {"Content-Length": "0"})
+        connection.request("POST", path, b"", {"Content-Length": "0"})
         answer = connection.getresponse()
         answer.read()
         return answer.status

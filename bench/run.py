@@ -9,6 +9,7 @@ when every target passed, 1 otherwise (the table is printed either way).
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import shutil
 import sys
@@ -19,7 +20,7 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # the limit runs onnxruntim
 from . import images, report, servers, throughput  # noqa: E402
 from .progress import progress  # noqa: E402
 
-PARTS = ("throughput", "memory", "startup")
+PARTS = ("throughput", "memory", "startup", "models", "protocols")
 RESULTS = servers.REPO / "bench-results"
 
 
@@ -70,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
             result = startup.run(workdir)
             checks += result.pop("checks")
             extra["startup"] = result
+        for part in ("models", "protocols"):
+            if part in args.only:
+                module = importlib.import_module(f"bench.{part}")
+                result = module.run(pictures, workdir, seconds=args.seconds + 1.0, rounds=args.rounds)
+                checks += result.pop("checks")
+                extra[part] = result
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     extra["total_seconds"] = round(time.monotonic() - began, 1)

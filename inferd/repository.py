@@ -122,15 +122,23 @@ class Repository:
         return replaced
 
     def _retire_later(self, old: LoadedModel) -> None:
-        waiting = self._retiring.setdefault(old.name, [])
-        waiting[:] = [m for m in waiting if m.batcher.running()]
+        with self._lock:
+            waiting = self._retiring.setdefault(old.name, [])
         if len(waiting) >= MAX_RETIRING:
             oldest = waiting.pop(0)
             log.warning("%s %s: more than %d retired versions still in use; stopping the oldest now",
                         oldest.name, oldest.version, MAX_RETIRING)
             oldest.batcher.stop(0)
         waiting.append(old)
-        threading.Thread(target=old.retire, name=f"retire-{old.name}", daemon=True).start()
+        threading.Thread(target=self._retire, args=(old,), name=f"retire-{old.name}", daemon=True).start()
+
+    def _retire(self, old: LoadedModel) -> None:
+        """Retire `old`, then let go of it, so that its session can be freed at once."""
+        old.retire()
+        with self._lock:
+            waiting = self._retiring.get(old.name, [])
+            if old in waiting:
+                waiting.remove(old)
 
     def stop(self, timeout: float) -> None:
         """Retire every loaded version within `timeout` seconds in all."""

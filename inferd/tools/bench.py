@@ -3,10 +3,12 @@
     inferd-bench IMAGE [--url http://127.0.0.1:8000] [-c CONNECTIONS] [-d SECONDS | -n COUNT] [--json]
     inferd-bench IMAGE --limit MODEL_DIR [--threads N] [-d SECONDS | -n COUNT] [--json]
     inferd-bench IMAGE --url URL --paired MODEL_DIR [--threads N] [-d SECONDS | -n COUNT] [--json]
+    inferd-bench IMAGE --v2 MODEL[:INPUT[:OUTPUT]] [--url URL] [-c CONNECTIONS] [-d SECONDS | -n COUNT] [--json]
 
 Load mode opens CONNECTIONS keep-alive connections (one thread each) that POST the image as
 multipart (field `file`) to /infer back to back, and reports throughput, latency percentiles,
-status counts and errors. Limit mode classifies the same image in this process with inferd's own
+status counts and errors; with --v2 it POSTs the image instead as a BYTES tensor of the Open
+Inference Protocol (binary tensor data extension) to /v2/models/MODEL/infer. Limit mode classifies the same image in this process with inferd's own
 preprocess and model modules (decode + preprocess + session.run, no HTTP) at several batch sizes and
 reports the best. Paired mode takes turns: one request to the server, then the same image classified
 once in this process, and again; it reports both medians and their ratio, the server's latency at
@@ -44,11 +46,25 @@ def multipart_body(data: bytes, filename: str, field_name: str = "file") -> tupl
     return f"multipart/form-data; boundary={boundary}", head + data + f"\r\n--{boundary}--\r\n".encode()
 
 
-def prepared_request(url: str, path: str, body: bytes, content_type: str) -> bytes:
+def v2_body(data: bytes, input_name: str = "input", output_name: str = "", top: int = 5) -> tuple[str, bytes, dict]:
+    """(Content-Type, body, extra headers) of an Open Inference Protocol request carrying `data` as
+    a BYTES tensor of one element, in the binary tensor data extension; with `output_name`, it asks
+    for the top `top` classes (the classification extension), as /infer answers."""
+    element = len(data).to_bytes(4, "little") + data
+    document = {"inputs": [{"name": input_name, "shape": [1], "datatype": "BYTES",
+                            "parameters": {"binary_data_size": len(element)}}]}
+    if output_name:
+        document["outputs"] = [{"name": output_name, "parameters": {"classification": top}}]
+    header = json.dumps(document).encode()
+    return "application/octet-stream", header + element, {"Inference-Header-Content-Length": str(len(header))}
+
+
+def prepared_request(url: str, path: str, body: bytes, content_type: str, headers: dict | None = None) -> bytes:
     """The whole POST request, head and body, to send as is on every turn."""
     target = urlsplit(url)
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     head = (f"POST {target.path.rstrip('/')}{path} HTTP/1.1\r\nHost: {target.netloc}\r\n"
-            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n")
+            f"Content-Type: {content_type}\r\n{extra}Content-Length: {len(body)}\r\n\r\n")
     return head.encode("latin-1") + body
 
 
@@ -153,7 +169,8 @@ class _Budget:
 
 
 def run_load(url: str, body: bytes, content_type: str, *, connections: int = 1, count: int | None = None,
-             duration: float | None = None, path: str = "/infer", timeout: float = 60.0) -> Tally:
+             duration: float | None = None, path: str = "/infer", timeout: float = 60.0,
+             headers: dict | None = None) -> Tally:
     """POST `body` over `connections` keep-alive connections until `count` requests were sent or
     `duration` seconds passed (whichever is given; both: whichever comes first).
 
@@ -163,7 +180,7 @@ def run_load(url: str, body: bytes, content_type: str, *, connections: int = 1, 
     if count is None and duration is None:
         raise ValueError("give a request count or a duration")
     budget, tally = _Budget(count, duration), Tally()
-    args = (url, prepared_request(url, path, body, content_type), timeout, budget, tally)
+    args = (url, prepared_request(url, path, body, content_type, headers), timeout, budget, tally)
     threads = [threading.Thread(target=_connection_loop, args=args, daemon=True) for _ in range(connections)]
     started = time.monotonic()
     for thread in threads:
@@ -353,6 +370,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "directory; report both medians and their ratio")
     parser.add_argument("--threads", type=int, default=0,
                         help="with --limit or --paired: intra-op threads, 0 = cores")
+    parser.add_argument("--v2", metavar="MODEL[:INPUT[:OUTPUT]]",
+                        help="post to the Open Inference Protocol route of MODEL (input name, default 'input'; "
+                             "with OUTPUT, ask for its top 5 classes)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = parser.parse_args(argv)
     if args.duration is None and args.count is None:
@@ -386,11 +406,17 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result) if args.json else _paired_text(result))
         return 0
     content_type, body = multipart_body(data, args.image.name)
+    target = {"path": "/infer", "headers": None}
+    if args.v2:
+        model, _, names = args.v2.partition(":")
+        input_name, _, output_name = names.partition(":")
+        content_type, body, extra = v2_body(data, input_name or "input", output_name)
+        target = {"path": f"/v2/models/{model}/infer", "headers": extra}
     if args.warmup:
         run_load(args.url, body, content_type, connections=args.connections, count=args.warmup,
-                 timeout=args.timeout)
+                 timeout=args.timeout, **target)
     result = summarise(run_load(args.url, body, content_type, connections=args.connections,
-                                count=args.count, duration=args.duration, timeout=args.timeout))
+                                count=args.count, duration=args.duration, timeout=args.timeout, **target))
     print(json.dumps(result) if args.json else _load_text(result))
     return 0 if result["ok"] == result["requests"] and result["requests"] else 1
 
