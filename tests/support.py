@@ -35,8 +35,8 @@ EXPECTED_TOP1 = {
 class NotifySocket:
     """A datagram socket standing in for systemd's $NOTIFY_SOCKET; collects every field sent."""
 
-    def __init__(self, directory: Path):
-        self.path = str(directory / "notify.sock")
+    def __init__(self, directory: Path, name: str = "notify.sock"):
+        self.path = str(directory / name)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(self.path)
         self.messages: list[dict[str, str]] = []

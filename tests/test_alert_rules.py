@@ -72,6 +72,7 @@ def with_threshold(tmp_path: Path, name: str, value: str) -> Path:
     return tests / UNIT_TESTS.name
 
 
+@pytest.mark.slow  # twelve promtool runs of about 1.2 s each
 @needs_promtool
 @pytest.mark.parametrize("name", THRESHOLDS)
 @pytest.mark.parametrize("value", ["0", "1e18"], ids=["zero", "out-of-reach"])
