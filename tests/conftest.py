@@ -77,7 +77,7 @@ def start_daemon(tmp_path):
     def start(config_text: str = "", env: dict | None = None, args: tuple = (), wait: bool = True):
         config_path = tmp_path / "inferd.conf"
         config_path.write_text(config_text)
-        notify = NotifySocket(tmp_path, f"notify-{len(started)}.sock")
+        notify = NotifySocket(tmp_path, f"notify-{len(started)}.sock")  # one per daemon
         log_path = tmp_path / f"daemon-{len(started)}.log"
         environment = {**os.environ, "NOTIFY_SOCKET": notify.path, "INFERD_SERVER_PORT": "0", **(env or {})}
         environment = {key: value for key, value in environment.items() if value is not None}

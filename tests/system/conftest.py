@@ -1,5 +1,5 @@
 """Fixtures for the system tests: a booted systemd with inferd installed (once per session), the
-service reset before each test, and slow models to keep requests in flight.
+service reset before each test, slow models to keep requests in flight, and a real Prometheus.
 
 Each test gets the service stopped, its failures reset, its drop-ins removed and the installed
 config (with port 0) restored; the unit's journal since the test began is printed on failure.
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.system import prometheus_server
 from tests.system.systemd_machine import (CONFIG, SLOW_MANIFEST, Machine, boot, install, reset,
                                           seconds_per_iteration, skip_reason, slow_graph)
 
@@ -77,3 +78,16 @@ def bright_png() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (64, 64), (255, 255, 255)).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+@pytest.fixture
+def prometheus(tmp_path):
+    """prometheus(*targets "host:port", rule_files=()) -> a ready PrometheusServer scraping the
+    targets as job "inferd" and evaluating the rule files, every 1 s."""
+    started: list = []
+
+    def start(*targets: str, rule_files: tuple[Path, ...] = ()) -> prometheus_server.PrometheusServer:
+        return prometheus_server.start(tmp_path, targets, tuple(rule_files), started)
+
+    yield start
+    prometheus_server.stop(started)
