@@ -283,7 +283,7 @@ class WaitingRoom:
             log.exception("cannot start a request handler")
             started = False
         if not started:
-            self._refuse(conn, 503, "too many requests in progress; retry shortly")
+            self._refuse(conn, 503, "too many requests in progress; retry shortly", head)
 
     def _serve(self, conn: Connection, head) -> Callable[[], None]:
         """On a handler thread: one request. Returns the give-back, which HandlerThreads runs once
@@ -296,8 +296,8 @@ class WaitingRoom:
             disposition = CLOSE
         return lambda: self.give_back(conn, disposition)
 
-    def _refuse(self, conn: Connection, status: int, message: str) -> None:
-        self._send(conn.sock, self.exchange.refuse(conn.address, status, message))
+    def _refuse(self, conn: Connection, status: int, message: str, head=None) -> None:
+        self._send(conn.sock, self.exchange.refuse(conn.address, status, message, head))
         self._linger(conn)
 
     def _sweep(self, now: float) -> None:

@@ -117,10 +117,16 @@ class Exchange:
             return False
         return True
 
-    def refuse(self, address: tuple, status: int, message: str) -> bytes:
+    def refuse(self, address: tuple, status: int, message: str, head: RequestHead | None = None) -> bytes:
         """The bytes of an error answered before any route saw the request (400 for a malformed
-        head, 408, 414, 431, 503), recorded like any other answer."""
-        self._record(address, "-", "-", "-", status, 0.0, self.site[1])
+        head, 408, 414, 431, 503), recorded like any other answer: under its route when the head
+        was parsed (a 503 at the thread cap), else under "other"."""
+        if head is None:
+            self._record(address, "-", "-", "-", status, 0.0, self.site[1])
+        else:
+            found = self.router.find(head.path)
+            label = found[0].path if found else head.path
+            self._record(address, head.method, label, head.target, status, 0.0, self.site[1])
         return error_bytes(status, message)
 
     def _record(self, address, method: str, label: str, target: str, status: int, seconds: float,
