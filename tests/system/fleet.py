@@ -9,6 +9,7 @@ Everything listens on the host's loopback (the machine shares the host's network
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 import time
@@ -144,9 +145,13 @@ class Fleet:
             total.update(self.requests_by_route(name))
         return total
 
-    def journal(self) -> str:
+    def journal(self, since: float) -> str:
+        """The instances' and HAProxy's journal since `since` (time.time()), without the lines of
+        requests that were answered 200."""
         units = [arg for name in INSTANCES for arg in ("-u", f"inferd@{name}.service")]
-        return self.machine.journal(*units, "-u", "haproxy.service", "-n", "300")
+        text = self.machine.journal(*units, "-u", "haproxy.service", "--since", f"@{since:.0f}")
+        return "\n".join(line for line in text.splitlines()
+                         if not re.search(r'inferd\.access: .* 200 |\] inferd inferd/\w+ [\d/]+ 200 ', line))
 
 
 @dataclass

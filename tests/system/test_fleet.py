@@ -7,6 +7,7 @@ HTTP desync attempts through HAProxy never reach an instance as two requests.
 from __future__ import annotations
 
 import io
+import json
 import re
 import socket
 import subprocess
@@ -49,8 +50,9 @@ def started_fleet(machine, models):
 def fleet(started_fleet):
     """The fleet with every instance serving and UP in HAProxy; its journal printed on failure."""
     started_fleet.ensure_running()
+    started = time.time()
     yield started_fleet
-    print(started_fleet.journal()[-20000:])
+    print(started_fleet.journal(since=started - 1)[-30000:])
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +66,15 @@ def photo() -> bytes:
     return buffer.getvalue()
 
 
-def retries(fleet: Fleet) -> str:
-    counts = {name: fleet.haproxy_value(f"haproxy_backend_{name}_warnings_total", proxy=BACKEND)
-              for name in ("retry", "redispatch")}
-    return f"HAProxy retries {counts['retry']:.0f}, redispatches {counts['redispatch']:.0f}"
+def warnings(fleet: Fleet) -> dict[str, float]:
+    """HAProxy's retry and redispatch counters of the backend (since HAProxy started)."""
+    return {name: fleet.haproxy_value(f"haproxy_backend_{name}_warnings_total", proxy=BACKEND)
+            for name in ("retry", "redispatch")}
+
+
+def retries_since(fleet: Fleet, before: dict[str, float]) -> str:
+    now = warnings(fleet)
+    return f"HAProxy retried {now['retry'] - before['retry']:.0f}, redispatched {now['redispatch'] - before['redispatch']:.0f}"
 
 
 def test_units_and_config_are_hardened_and_valid(fleet, tmp_path):
@@ -127,9 +134,36 @@ def test_rolling_reload_under_load(fleet, models, photo):
     fleet.machine.run(ROLL, "reload", timeout=300)  # every active instance: back to the first model
 
 
+def test_rolling_reload_stops_at_the_first_instance_that_fails(fleet, models, tiny_model_dir):
+    """A model that does not load: inferd@a keeps its old model, the roll stops there and exits 1,
+    b and c are not even asked to reload."""
+    broken = fleet.machine.copy_model(tiny_model_dir, "fleet-broken")
+    fleet.machine.write(f"{broken}/model.onnx", b"this is not an ONNX file\n")
+
+    def state() -> dict[str, tuple]:
+        return {name: (requests.get(f"{fleet.instance_url(name)}/health", timeout=10).json()["model"]["sha256"],
+                       json.loads(fleet.machine.run("cat", f"/run/inferd-{name}/reload-status.json").stdout))
+                for name in INSTANCES}
+
+    before = state()
+    fleet.write_configs(broken)
+    try:
+        roll = fleet.machine.run(ROLL, "reload", *INSTANCES, check=False, timeout=300)
+    finally:
+        fleet.write_configs(models["tiny-10"])
+    after = state()
+    assert roll.returncode == 1, roll
+    assert roll.stdout == "" and "reload of inferd@a failed, roll stopped" in roll.stderr, roll.stderr
+    assert {name: sha for name, (sha, _) in after.items()} == {name: sha for name, (sha, _) in before.items()}
+    assert after["a"][1]["ok"] is False and after["a"][1]["generation"] == before["a"][1]["generation"] + 1
+    assert (after["b"], after["c"]) == (before["b"], before["c"])
+    print(roll.stderr, end="")
+
+
 def test_rolling_restart_under_load(fleet, photo):
     """inferd-roll restart with HAProxy's admin socket: drain, restart, ready, one at a time."""
     pids = {name: fleet.unit(name, "MainPID")["MainPID"] for name in INSTANCES}
+    counters = warnings(fleet)
     with Load(fleet.url, photo) as load:
         load.wait_for(WARM_UP)
         started = time.monotonic()
@@ -140,13 +174,14 @@ def test_rolling_restart_under_load(fleet, photo):
     assert load.failures() == []
     assert all(fleet.unit(name, "MainPID")["MainPID"] != pids[name] for name in INSTANCES)
     assert fleet.server_states() == {name: "UP" for name in INSTANCES}
-    print(f"rolling restart: {ended - started:.2f}s for 3 instances; {load.summary()}; {retries(fleet)}")
+    print(f"rolling restart: {ended - started:.2f}s for 3 instances; {load.summary()}; {retries_since(fleet, counters)}")
 
 
 def test_kill_9_of_one_instance_loses_no_request(fleet, photo):
     """SIGKILL: HAProxy retries what the dead instance held or refused on another server; systemd
     restarts the instance, HAProxy's checks bring it back and it serves again."""
     before = fleet.unit("b", "MainPID", "NRestarts")
+    counters = warnings(fleet)
     with Load(fleet.url, photo) as load:
         load.wait_for(WARM_UP)
         killed = time.monotonic()
@@ -164,12 +199,13 @@ def test_kill_9_of_one_instance_loses_no_request(fleet, photo):
     assert load.failures() == []
     assert fleet.unit("b", "MainPID")["MainPID"] != before["MainPID"]
     print(f"kill -9: restarted by systemd after {restarted - killed:.2f}s, UP in HAProxy after "
-          f"{rejoined - killed:.2f}s; {load.summary()}; {retries(fleet)}")
+          f"{rejoined - killed:.2f}s; {load.summary()}; {retries_since(fleet, counters)}")
 
 
 def test_stop_of_one_instance_drains_and_loses_no_request(fleet, photo):
     """systemctl stop: the instance drains and exits 0, HAProxy routes around it, no request fails;
     started again, it rejoins."""
+    counters = warnings(fleet)
     with Load(fleet.url, photo) as load:
         load.wait_for(WARM_UP)
         started = time.monotonic()
@@ -184,7 +220,7 @@ def test_stop_of_one_instance_drains_and_loses_no_request(fleet, photo):
     assert fleet.unit("c", "Result", "NRestarts") == {"Result": "success", "NRestarts": "0"}
     assert load.failures() == []
     print(f"systemctl stop: {stopped - started:.2f}s, DOWN in HAProxy after {down - started:.2f}s; "
-          f"{load.summary()}; {retries(fleet)}")
+          f"{load.summary()}; {retries_since(fleet, counters)}")
 
 
 # Each sends one request whose body, read another way, holds a second request: POST /admin/reload,
