@@ -16,6 +16,8 @@ if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
     systemctl stop 'inferd@*.service' 2>/dev/null || true
 fi
 rm -f "$UNITDIR/inferd.service" "$UNITDIR/inferd.socket" "$UNITDIR/inferd@.service"
+# What `systemctl enable inferd@NAME` linked (the template is gone, so systemctl cannot disable it).
+rm -f "$UNITDIR"/*.wants/inferd@*.service
 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
     systemctl daemon-reload
     systemctl reset-failed inferd.service inferd.socket 2>/dev/null || true

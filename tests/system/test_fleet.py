@@ -18,7 +18,7 @@ import requests
 
 from tests.support import model_build
 from tests.system.fleet import BACKEND, HAPROXY_SOCKET, INSTANCES, SHIPPED_PORTS, Fleet, Load, free_ports
-from tests.system.systemd_machine import PREFIX, REPO, TEST_MODELS
+from tests.system.systemd_machine import PREFIX, REPO
 
 pytestmark = pytest.mark.system
 
@@ -74,7 +74,8 @@ def warnings(fleet: Fleet) -> dict[str, float]:
 
 def retries_since(fleet: Fleet, before: dict[str, float]) -> str:
     now = warnings(fleet)
-    return f"HAProxy retried {now['retry'] - before['retry']:.0f}, redispatched {now['redispatch'] - before['redispatch']:.0f}"
+    return (f"HAProxy retried {now['retry'] - before['retry']:.0f}, "
+            f"redispatched {now['redispatch'] - before['redispatch']:.0f}")
 
 
 def test_units_and_config_are_hardened_and_valid(fleet, tmp_path):
@@ -174,7 +175,8 @@ def test_rolling_restart_under_load(fleet, photo):
     assert load.failures() == []
     assert all(fleet.unit(name, "MainPID")["MainPID"] != pids[name] for name in INSTANCES)
     assert fleet.server_states() == {name: "UP" for name in INSTANCES}
-    print(f"rolling restart: {ended - started:.2f}s for 3 instances; {load.summary()}; {retries_since(fleet, counters)}")
+    print(f"rolling restart: {ended - started:.2f}s for 3 instances; {load.summary()}; "
+          f"{retries_since(fleet, counters)}")
 
 
 def test_kill_9_of_one_instance_loses_no_request(fleet, photo):
