@@ -4,10 +4,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 MODEL_DIR := models/efficientnet-lite0
 CONFIG ?= inferd.conf.example
-# Debian packages the system tests use (promtool/prometheus, a real systemd in a namespace).
-SYSTEM_PACKAGES := prometheus systemd curl iproute2 util-linux
+# Debian packages the system tests use (promtool/prometheus, a real systemd in a namespace, HAProxy
+# in front of a fleet), and those the container image and its tests use (issue 15).
+SYSTEM_PACKAGES := prometheus systemd curl iproute2 util-linux haproxy
+CONTAINER_PACKAGES := podman runc catatonit mmdebstrap
 
 .PHONY: run test test-fast venv model system-deps bench soak install uninstall clean
+.PHONY: container-deps container-base container test-container
 
 run: $(VENV)/.installed $(MODEL_DIR)/model.onnx
 	$(BIN)/inferd --config $(CONFIG)
@@ -31,14 +34,21 @@ model: $(MODEL_DIR)/model.onnx
 $(MODEL_DIR)/model.onnx: $(VENV)/.installed models/build.py models/onnx_graphs.py models/torch_legacy.py
 	$(BIN)/python models/build.py efficientnet-lite0 --out $(MODEL_DIR)
 
-# Installs Debian packages only when missing, and only as root; system tests skip without them.
-system-deps:
-	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+# Installs Debian packages only when missing, and only as root; the tests that need them skip without.
+define install-missing
+	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing $$missing"; \
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	elif [ -n "$$missing" ]; then echo "not installed (system tests will skip): $$missing"; fi
+	elif [ -n "$$missing" ]; then echo "not installed (the tests that need them will skip): $$missing"; fi
+endef
+
+system-deps:
+	$(call install-missing,$(SYSTEM_PACKAGES))
+
+container-deps:
+	$(call install-missing,$(CONTAINER_PACKAGES))
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis $(MODEL_DIR)/model.onnx
@@ -64,3 +74,31 @@ install:
 
 uninstall:
 	sh systemd/uninstall.sh
+
+# The container image (issue 15, deploy/container/README.md). Where no registry is reachable,
+# `make container-base` makes the base from this machine's apt mirror (~45 s), and
+# `make container CONTAINER_BASE=localhost/inferd-base:bookworm` builds on it.
+CONTAINER_BASE ?= docker.io/library/debian:bookworm-slim
+CONTAINER_IMAGE ?= localhost/inferd:latest
+CONTAINER_CONTEXT := build/container/context
+CONTAINERS_CONF_FILE := build/container/containers.conf
+# podman with runc and rlimits within this host's hard limits (deploy/container/containers-conf.sh).
+container-base container: export CONTAINERS_CONF = $(CURDIR)/$(CONTAINERS_CONF_FILE)
+
+$(CONTAINERS_CONF_FILE): deploy/container/containers-conf.sh
+	mkdir -p $(@D)
+	sh $< > $@
+
+container-base: container-deps $(CONTAINERS_CONF_FILE)
+	podman image exists localhost/inferd-base:bookworm || sh deploy/container/base.sh localhost/inferd-base:bookworm
+
+container: container-deps $(CONTAINERS_CONF_FILE)
+	sh deploy/container/context.sh $(CONTAINER_CONTEXT)
+	podman build --format docker --build-arg BASE=$(CONTAINER_BASE) -t $(CONTAINER_IMAGE) \
+		-f deploy/container/Containerfile $(CONTAINER_CONTEXT)
+	podman image ls $(CONTAINER_IMAGE)
+
+# The container tests (about 2 minutes with a fresh base, under one with podman's cache). `make
+# test` runs them only once the base image exists (after this target, or `make container-base`).
+test-container: $(VENV)/.installed container-base
+	$(BIN)/pytest -q -m container

@@ -6,7 +6,8 @@
 #   PREFIX=/opt/inferd          venv ($PREFIX/bin/inferd), the default model
 #                               ($PREFIX/models/efficientnet-lite0, read-only to the service), docs
 #   SYSCONFDIR=/etc/inferd      inferd.conf (created from inferd.conf.example if missing)
-#   UNITDIR=/etc/systemd/system inferd.service, inferd.socket
+#   UNITDIR=/etc/systemd/system inferd.service, inferd.socket, inferd@.service (a fleet's instances,
+#                               with $PREFIX/bin/inferd-roll: systemd/README-fleet.md)
 #   VENV_PYTHON=/usr/bin/python3  the venv's interpreter: it must be readable by every user, since
 #                               the service runs as a DynamicUser (a pyenv under /root is not)
 #
@@ -60,7 +61,10 @@ mkdir -p "$SHARE/systemd" "$SYSCONFDIR"
 sed "s|^path = models/efficientnet-lite0\$|path = $MODEL_DIR|" "$SRC/inferd.conf.example" > "$SHARE/inferd.conf.example"
 grep -q "^path = $MODEL_DIR\$" "$SHARE/inferd.conf.example" || die "inferd.conf.example: no 'path = ' line to rewrite"
 cp "$SRC/systemd/notify-reload.conf" "$SHARE/systemd/"
+mkdir -p "$SHARE/systemd/haproxy"
+cp "$SRC/systemd/haproxy/inferd.cfg" "$SHARE/systemd/haproxy/"
 cp "$SRC/README.md" "$SHARE/README.md"
+cp "$SRC/systemd/README-fleet.md" "$SHARE/README-fleet.md"
 if [ -e "$SYSCONFDIR/inferd.conf" ]; then
     say "keeping existing $SYSCONFDIR/inferd.conf (the current example is $SHARE/inferd.conf.example)"
 else
@@ -69,13 +73,15 @@ else
 fi
 "$PREFIX/bin/inferd" --config "$SYSCONFDIR/inferd.conf" --check-config
 
-# 4. The units, with this PREFIX and SYSCONFDIR written in.
+# 4. The units, with this PREFIX and SYSCONFDIR written in, and the fleet's rolling reload/restart.
 mkdir -p "$UNITDIR"
-for unit in inferd.service inferd.socket; do
+for unit in inferd.service inferd.socket inferd@.service; do
     sed -e "s|/opt/inferd|$PREFIX|g" -e "s|/etc/inferd|$SYSCONFDIR|g" "$SRC/systemd/$unit" > "$work/$unit"
     install -m 0644 "$work/$unit" "$UNITDIR/$unit"
 done
-say "installed $UNITDIR/inferd.service and $UNITDIR/inferd.socket"
+say "installed $UNITDIR/inferd.service, inferd.socket and inferd@.service"
+sed -e "1s|.*|#!$PREFIX/bin/python|" -e "s|/etc/inferd/instances|$SYSCONFDIR/instances|" "$SRC/systemd/inferd-roll" > "$work/inferd-roll"
+install -m 0755 "$work/inferd-roll" "$PREFIX/bin/inferd-roll"
 
 # sd_booted(3): systemd is the running init when this directory exists.
 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then

@@ -13,8 +13,11 @@ say() { printf 'uninstall: %s\n' "$*"; }
 
 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
     systemctl disable --now inferd.socket inferd.service 2>/dev/null || true
+    systemctl stop 'inferd@*.service' 2>/dev/null || true
 fi
-rm -f "$UNITDIR/inferd.service" "$UNITDIR/inferd.socket"
+rm -f "$UNITDIR/inferd.service" "$UNITDIR/inferd.socket" "$UNITDIR/inferd@.service"
+# What `systemctl enable inferd@NAME` linked (the template is gone, so systemctl cannot disable it).
+rm -f "$UNITDIR"/*.wants/inferd@*.service
 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
     systemctl daemon-reload
     systemctl reset-failed inferd.service inferd.socket 2>/dev/null || true

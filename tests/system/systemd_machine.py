@@ -319,12 +319,16 @@ def dropin(machine: Machine, unit: str, text: str, name: str = "test.conf") -> N
     machine.systemctl("daemon-reload")
 
 
-def set_config(machine: Machine, **sections: dict) -> None:
-    """Rewrite keys of the test config, e.g. set_config(m, model={"path": "/x"})."""
-    text = machine.test_config
+def config_text(text: str, **sections: dict) -> str:
+    """`text` (a config listing every key) with keys rewritten, e.g. model={"path": "/x"}."""
     for section, values in sections.items():
         for key, value in values.items():
             pattern = rf"(?m)(^\[{section}\]$[^\[]*?^){key} = [^\n]*$"
             text, count = re.subn(pattern, rf"\g<1>{key} = {value}", text, count=1)
             assert count == 1, f"no [{section}] {key} in the installed config"
-    machine.write(CONFIG, text)
+    return text
+
+
+def set_config(machine: Machine, **sections: dict) -> None:
+    """Rewrite keys of the test config, e.g. set_config(m, model={"path": "/x"})."""
+    machine.write(CONFIG, config_text(machine.test_config, **sections))
