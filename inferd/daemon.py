@@ -148,7 +148,7 @@ class Daemon:
         for name, reason in sorted(outcome.failures.items()):
             log.error("reload failed for model %s, the versions it had keep serving: %s", name, reason)
         new = self.repository.find()
-        log.info("reloaded: %s (default %s, sha256 %s)", outcome.summary(), new.name, new.model.sha256[:12])
+        log.info("reloaded: now serving %s (sha256 %s); %s", new.name, new.model.sha256[:12], outcome.summary())
         return not outcome.failures, outcome.summary()
 
     def stop(self) -> int:
