@@ -1,6 +1,6 @@
 """`make bench` = `python -m bench.run`: the whole comparison, one table, results under bench-results/.
 
-    python -m bench.run [--only throughput|memory|startup|peers ...] [--seconds 2] [--rounds 3]
+    python -m bench.run [--only throughput|memory|startup|peers|int8 ...] [--seconds 2] [--rounds 3]
                         [--models resnet50 ...] [--peer-seconds 3]
 
 `make bench-peers` = `python -m bench.run --only peers`: the peer table alone (bench/peer_table.py).
@@ -22,7 +22,7 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # the limit runs onnxruntim
 from . import images, report, servers, throughput  # noqa: E402
 from .progress import progress  # noqa: E402
 
-PARTS = ("throughput", "memory", "startup", "peers")
+PARTS = ("throughput", "memory", "startup", "peers", "int8")
 RESULTS = servers.REPO / "bench-results"
 
 
@@ -87,6 +87,14 @@ def main(argv: list[str] | None = None) -> int:
             checks += result["checks"]
             sections += peer_table.sections(result, settings)
             extra["peers"] = result
+        if "int8" in args.only:
+            from . import int8
+            result = int8.run(pictures, tuple(args.models), args.rounds, args.limit_seconds)
+            sections += [("int8 (models/build.py --int8) against float, in process, median of rounds:",
+                          result["rows"], int8.COLUMNS),
+                         ("int8 top-1 against float on the check photos (models/photos.py):",
+                          result["agreement"], int8.AGREEMENT_COLUMNS)]
+            extra["int8"] = result
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     extra["total_seconds"] = round(time.monotonic() - began, 1)
