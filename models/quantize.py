@@ -50,8 +50,9 @@ def calibration_tensors(model_dir: Path):
     return [classifier.preprocess(data, spec)[None] for data in photos.calibration_jpegs()]
 
 
-def quantize(float_model: Path, out: Path, model_dir: Path, reduce_range: bool) -> None:
-    """Write the int8 QDQ model of `float_model` to `out`."""
+def quantize(float_model: Path, out: Path, model_dir: Path, reduce_range: bool, **overrides) -> None:
+    """Write the int8 QDQ model of `float_model` to `out`; `overrides` replace quantize_static's
+    arguments (bench/int8_variants.py tries the guide's alternatives that way)."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quant_pre_process, quantize_static)
 
@@ -68,6 +69,7 @@ def quantize(float_model: Path, out: Path, model_dir: Path, reduce_range: bool) 
         prepared = Path(scratch) / "prepared.onnx"
         # ONNX's own shape inference covers these CNNs; the symbolic one (for transformers) needs sympy.
         quant_pre_process(str(float_model), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(out), Photos(input_name), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                        reduce_range=reduce_range, calibrate_method=CalibrationMethod.MinMax)
+        options = {"quant_format": QuantFormat.QDQ, "activation_type": QuantType.QInt8,
+                   "weight_type": QuantType.QInt8, "per_channel": True, "reduce_range": reduce_range,
+                   "calibrate_method": CalibrationMethod.MinMax, **overrides}
+        quantize_static(str(prepared), str(out), Photos(input_name), **options)
