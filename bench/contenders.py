@@ -125,7 +125,9 @@ def start(contender: Contender, model_dir: Path, workdir: Path, probe: tuple[str
     port = 0 if contender.picks_own_port else _unused_port()
     config = _inferd_config(model_dir, workdir) if contender is INFERD else ""
     argv = [part.format(port=port, config=config) for part in contender.argv]
+    # Nothing leaves the box (DESIGN.md): onnxruntime's and BentoML's usage tracking are off.
     env = {**os.environ, "PEER_MODEL_DIR": str(model_dir.resolve()), "ORT_DISABLE_TELEMETRY": "1",
+           "BENTOML_DO_NOT_TRACK": "True",
            "INFERD_SERVER_PORT": "0", "INFERD_SERVER_HOST": "127.0.0.1", "PYTHONPATH": str(servers.REPO)}
     env.pop("NOTIFY_SOCKET", None)
     log_path = workdir / f"{contender.name}.log"
