@@ -13,11 +13,13 @@ import base64
 import http.client
 import json
 import os
+import queue
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,7 @@ from .loadgen import loadgen
 
 PEER_VENVS = servers.REPO / ".venv-peers"
 POLL_SECONDS = 0.02  # how often start-up polls the health endpoint, i.e. its resolution
+PROBE_TIMEOUT = 0.5  # a health probe waits this long for an answer, then asks again
 
 
 @dataclass(frozen=True)
@@ -146,22 +149,46 @@ def start(contender: Contender, model_dir: Path, workdir: Path, probe: tuple[str
 
 def _wait_until_serving(running: Running, port: int, probe: tuple[str, bytes], began: float, deadline: float) -> None:
     contender = running.contender
-    while not running.url:
-        _check_alive(running, deadline)
-        for candidate in ([port] if port else sorted(proctree.listening_ports(running.proc.pid))):
-            if _status(candidate, "GET", contender.health) == 200:
-                running.url, running.to_health = f"http://127.0.0.1:{candidate}", time.monotonic() - began
-                break
-        else:
-            time.sleep(POLL_SECONDS)  # polling with a deadline, not a readiness guess
-    target = int(running.url.rsplit(":", 1)[1])
+    healthy, running.to_health = _first_healthy(running, port, deadline)
+    running.to_health -= began
+    running.url = f"http://127.0.0.1:{healthy}"
     while True:  # some health endpoints answer before the workers are up (mosec's /)
         _check_alive(running, deadline)
-        status, answer = _request(target, "POST", contender.infer, probe)
+        try:
+            status, answer = _request(healthy, "POST", contender.infer, probe)
+        except socket.timeout:
+            status, answer = None, b""
         if status == 200:
             running.to_answer, running.top1 = time.monotonic() - began, top_label(answer)
             return
         time.sleep(POLL_SECONDS)
+
+
+def _first_healthy(running: Running, port: int, deadline: float) -> tuple[int, float]:
+    """(port, monotonic time) of the first 200 from the health endpoint on `port` or, with port 0,
+    on any port the tree listens on. Each port gets a prober thread of its own, so that a port that
+    accepts and never answers (BentoML has such) delays no other."""
+    found, stop, probing = queue.Queue(), threading.Event(), set()
+
+    def probe_port(candidate: int) -> None:
+        while not stop.is_set():
+            if _status(candidate, "GET", running.contender.health) == 200:
+                found.put((candidate, time.monotonic()))
+                return
+            stop.wait(POLL_SECONDS)  # polling with a deadline, not a readiness guess
+
+    try:
+        while True:
+            _check_alive(running, deadline)
+            for candidate in ({port} if port else proctree.listening_ports(running.proc.pid)) - probing:
+                probing.add(candidate)
+                threading.Thread(target=probe_port, args=(candidate,), daemon=True).start()
+            try:
+                return found.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                pass
+    finally:
+        stop.set()
 
 
 def _check_alive(running: Running, deadline: float) -> None:
@@ -172,16 +199,24 @@ def _check_alive(running: Running, deadline: float) -> None:
 
 
 def _status(port: int, method: str, path: str) -> int | None:
-    return _request(port, method, path, None)[0]
+    """The status of a quick request; None when there was no answer in PROBE_TIMEOUT."""
+    try:
+        return _request(port, method, path, None, timeout=PROBE_TIMEOUT)[0]
+    except socket.timeout:
+        return None
 
 
-def _request(port: int, method: str, path: str, probe: tuple[str, bytes] | None) -> tuple[int | None, bytes]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+def _request(port: int, method: str, path: str, probe: tuple[str, bytes] | None,
+             timeout: float = 30.0) -> tuple[int | None, bytes]:
+    """(status, body); (None, b"") when the connection fails; socket.timeout propagates."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         headers = {"Content-Type": probe[0]} if probe else {}
         connection.request(method, path, probe[1] if probe else None, headers)
         answer = connection.getresponse()
         return answer.status, answer.read()
+    except socket.timeout:
+        raise
     except (OSError, http.client.HTTPException):
         return None, b""
     finally:
