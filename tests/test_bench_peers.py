@@ -102,7 +102,7 @@ def test_top_label_finds_the_first_label_however_it_is_nested(answer, label):
     assert contenders.top_label(answer) == label
 
 
-def test_missing_peer_venvs_are_named(tmp_path, monkeypatch):
+def test_missing_peer_venvs_are_named():
     peer = contenders.Contender("ghost", ("python",), "/", "/infer", "multipart",
                                 venv=contenders.servers.REPO / ".venv-peers" / "ghost-never-installed")
     assert "make bench-peers-venvs" in peer.missing()
