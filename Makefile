@@ -9,7 +9,7 @@ CONFIG ?= inferd.conf.example
 SYSTEM_PACKAGES := prometheus systemd curl iproute2 util-linux haproxy
 CONTAINER_PACKAGES := podman runc catatonit mmdebstrap
 
-.PHONY: run test test-fast venv model system-deps bench soak install uninstall clean
+.PHONY: run test test-fast venv model system-deps bench bench-peers bench-peers-venvs soak install uninstall clean
 .PHONY: container-deps container-base container test-container
 
 run: $(VENV)/.installed $(MODEL_DIR)/model.onnx
@@ -53,10 +53,40 @@ container-deps:
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis $(MODEL_DIR)/model.onnx
 
-# Benchmarks (issue 5): inferd vs. the in-process limit vs. the reference design.
-# Bench-only dependencies (the reference design: FastAPI, uvicorn) go into the venv, not the daemon.
-bench: $(VENV)/.installed $(VENV)/.bench-installed $(MODEL_DIR)/model.onnx
+# Benchmarks (issue 5): inferd vs. the in-process limit vs. the reference design; (issue 12) vs. the
+# CPU bound and the peer model servers. Bench-only dependencies (the reference design: FastAPI,
+# uvicorn) go into the venv, not the daemon; each peer gets a venv of its own (bench-peers-venvs).
+bench: $(VENV)/.installed $(VENV)/.bench-installed $(MODEL_DIR)/model.onnx bench-peers-venvs
 	$(BIN)/python -m bench.run
+
+# The peer table alone (bench/peer_table.py): inferd, BentoML, LitServe, mosec, KServe.
+bench-peers: $(VENV)/.installed $(VENV)/.bench-installed $(MODEL_DIR)/model.onnx bench-peers-venvs
+	$(BIN)/python -m bench.run --only peers
+
+# One venv per peer from bench/peers/requirements/<name>.txt (their dependencies clash), inferd's
+# runtime install alone (`pip install .`, as the daemon is deployed) and a bare venv, the baseline
+# of the install sizes. Each is remade only when its requirements change; a peer that fails to
+# install is left out of the table with the reason.
+PEER_VENVS := .venv-peers
+PEERS := bentoml litserve mosec kserve
+bench-peers-venvs: $(PEERS:%=$(PEER_VENVS)/%/.installed) $(PEER_VENVS)/inferd/.installed $(PEER_VENVS)/bare/.installed
+
+$(PEER_VENVS)/%/.installed: bench/peers/requirements/%.txt
+	rm -rf $(PEER_VENVS)/$*
+	$(PYTHON) -m venv $(PEER_VENVS)/$*
+	$(PEER_VENVS)/$*/bin/python -m pip install --quiet -r $< || { rm -rf $(PEER_VENVS)/$*; echo "$*: not installed"; }
+	test ! -d $(PEER_VENVS)/$* || touch $@
+
+$(PEER_VENVS)/inferd/.installed: setup.cfg pyproject.toml
+	rm -rf $(PEER_VENVS)/inferd
+	$(PYTHON) -m venv $(PEER_VENVS)/inferd
+	$(PEER_VENVS)/inferd/bin/python -m pip install --quiet .
+	touch $@
+
+$(PEER_VENVS)/bare/.installed:
+	rm -rf $(PEER_VENVS)/bare
+	$(PYTHON) -m venv $(PEER_VENVS)/bare
+	touch $@
 
 $(VENV)/.bench-installed: setup.cfg
 	$(BIN)/python -m pip install --quiet -e '.[bench]'

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from inferd.tools import bench as loadgen
+from .loadgen import loadgen
 
 from . import servers
 from .progress import progress

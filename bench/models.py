@@ -15,7 +15,7 @@ import sys
 import threading
 from pathlib import Path
 
-from inferd.tools import bench as loadgen
+from .loadgen import loadgen
 
 from . import memory, servers
 from .progress import progress

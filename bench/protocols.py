@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from inferd.tools import bench as loadgen
+from .loadgen import loadgen
 
 from . import servers
 from .progress import progress

@@ -11,7 +11,6 @@ MANIFEST_PATH), so only the serving design differs. Run: `uvicorn bench.referenc
 
 from __future__ import annotations
 
-import configparser
 import contextlib
 import io
 import os
@@ -24,17 +23,9 @@ import onnxruntime as ort  # noqa: E402
 from fastapi import FastAPI, File, HTTPException, UploadFile  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from bench.peers.classifier import read_manifest  # noqa: E402
+
 MODEL: dict = {}
-
-
-def _normalisation(path: str) -> tuple[np.ndarray, np.ndarray, float]:
-    """(mean, std, value_range) from inferd's manifest, so both servers feed the model the same."""
-    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"))
-    parser.read(path, encoding="utf-8")
-    section = parser["input"]
-    mean = np.array([float(v) for v in section.get("mean", "0 0 0").split()], np.float32)
-    std = np.array([float(v) for v in section.get("std", "1 1 1").split()], np.float32)
-    return mean, std, section.getfloat("value_range", fallback=255.0)
 
 
 @contextlib.asynccontextmanager
@@ -58,7 +49,9 @@ def load_model() -> None:
         MODEL["labels"] = [line.strip() for line in labels if line.strip()]
     MODEL["session"] = session
     MODEL["input"] = session.get_inputs()[0].name
-    MODEL["mean"], MODEL["std"], MODEL["range"] = _normalisation(os.environ["MANIFEST_PATH"])
+    # inferd's manifest, so both servers feed the model the same normalisation
+    manifest = read_manifest(os.environ["MANIFEST_PATH"])
+    MODEL["mean"], MODEL["std"], MODEL["range"] = manifest.mean, manifest.std, manifest.value_range
 
 
 def preprocess(data: bytes) -> np.ndarray:

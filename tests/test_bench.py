@@ -229,5 +229,6 @@ def test_make_bench_divides_within_each_round_then_takes_the_median():
     rounds = {("inferd", 1): [{"throughput": 9.0}, {"throughput": 19.0}, {"throughput": 15.0}],
               ("inferd", 4): [{"throughput": 12.0}, {"throughput": 17.0}, {"throughput": 16.0}],
               ("reference", 1): [{"throughput": 4.0}, {"throughput": 5.0}, {"throughput": 8.0}]}
-    ratios = ratios_by_round(limit_rounds, rounds)
-    assert ratios == {"limit": [1.0, 0.95, 1.0], "reference": [3.0, 3.8, 2.0]}
+    bounds = [{"bound": 24.0}, {"bound": 38.0}, {"bound": 20.0}]
+    ratios = ratios_by_round(limit_rounds, rounds, bounds)
+    assert ratios == {"limit": [1.0, 0.95, 1.0], "reference": [3.0, 3.8, 2.0], "bound": [0.5, 0.5, 0.8]}
