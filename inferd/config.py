@@ -187,6 +187,25 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class CacheConfig:
+    # Bytes of answers kept by the response cache (inferd/cache.py); 0: no cache.
+    max_bytes: int = setting(0, _non_negative_int)
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    # A keys file (inferd/keys.py, `inferd-keys`); empty: inference routes take no key.
+    keys_file: str = setting("", _text)
+    # Defaults of every key (a key's line in the keys file may override them); 0: no limit.
+    rate: float = setting(0.0, _non_negative_float)
+    burst: int = setting(10, _positive_int)
+    images_rate: float = setting(0.0, _non_negative_float)
+    images_burst: int = setting(32, _positive_int)
+    # Without keys: requests per second per client address (with `burst`); 0: no limit.
+    anonymous_rate: float = setting(0.0, _non_negative_float)
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -194,6 +213,8 @@ class Config:
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     source: str = "<defaults>"
 
     def model_dir(self) -> Path:
@@ -207,6 +228,10 @@ class Config:
         """The model repository, or None when the config serves the one model of [model] path."""
         return _resolve(self.models.repository, self.source) if self.models.repository else None
 
+    def keys_path(self) -> Path | None:
+        """The keys file, or None when inference routes take no key."""
+        return _resolve(self.auth.keys_file, self.source) if self.auth.keys_file else None
+
     def labels_path(self) -> Path:
         return _resolve(self.model.labels_file, self.source) if self.model.labels_file else self.model_dir() / "labels.txt"
 
@@ -218,6 +243,8 @@ SECTIONS: dict[str, type] = {
     "batching": BatchingConfig,
     "limits": LimitsConfig,
     "logging": LoggingConfig,
+    "cache": CacheConfig,
+    "auth": AuthConfig,
 }
 
 # Every key of every section with its validator, read off the dataclasses above.
@@ -230,7 +257,8 @@ RESTART_ONLY: tuple[tuple[str, str], ...] = tuple(
     (section, f.name) for section, cls in SECTIONS.items() for f in fields(cls) if f.metadata["restart"]
 )
 
-PATH_KEYS = {("model", "path"), ("model", "onnx_file"), ("model", "labels_file"), ("models", "repository")}
+PATH_KEYS = {("model", "path"), ("model", "onnx_file"), ("model", "labels_file"), ("models", "repository"),
+             ("auth", "keys_file")}
 
 # The reference design's variables, kept so its deployments move over unchanged.
 LEGACY_ENV = {

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from . import keys as keys_file
 from . import libc, loading
 from .config import Config, ConfigError, restart_only_changes
 from .control import Control, ReloadRequest
@@ -77,12 +78,13 @@ class Daemon:
     def open(self, config: Config, sockets=()) -> None:
         """Load and warm the models and open the HTTP server on `config`'s address (or the first
         of systemd's sockets); nothing is served until serve_forever runs."""
+        keys = load_keys(config)
         outcome = loading.load(config, self.metrics, gate=self.gate)
         _require_default(outcome)
         for name, reason in sorted(outcome.failures.items()):
             log.error("model %s cannot be served: %s", name, reason)
         self.repository.install(outcome.models, outcome.default, outcome.failures)
-        self.service = Service(self.repository, config)
+        self.service = Service(self.repository, config, keys, self.metrics)
         self._publish(config)
         if sockets:
             log.info("using %d socket(s) passed by systemd", len(sockets))
@@ -128,6 +130,8 @@ class Daemon:
             config = self.load_config() if only is None else self.service.config
             for key in restart_only_changes(self.service.config, config):
                 log.warning("%s changes take effect at the next restart, not on reload", key)
+            # Before any model, so that a bad keys file changes nothing; one model's reload keeps them.
+            keys = load_keys(config) if only is None else self.service.keys
             outcome = loading.load(config, self.metrics, self.repository.loaded(), only, self.gate)
             _require_default(outcome)
         except (ConfigError, ModelError) as exc:
@@ -139,7 +143,7 @@ class Daemon:
         failures = outcome.failures if only is None else {
             **{n: r for n, r in self.repository.failures.items() if n != only}, **outcome.failures}
         self.repository.install(outcome.models, outcome.default, failures)
-        self.service.configure(config)
+        self.service.configure(config, keys)
         self.server.configure(config)
         self._publish(config)
         for name in sorted({m.name for m in outcome.models} | set(outcome.failures)):
@@ -206,6 +210,15 @@ class Daemon:
             temporary.replace(target)
         except OSError as exc:
             log.warning("cannot write %s: %s", target, exc)
+
+
+def load_keys(config: Config) -> list[keys_file.Key] | None:
+    """The keys of [auth] keys_file (None: keys are off); raises keys.KeysFileError (a ConfigError)."""
+    path = config.keys_path()
+    if path is None:
+        return None
+    auth = config.auth
+    return keys_file.load_keys(path, keys_file.Limits(auth.rate, auth.burst, auth.images_rate, auth.images_burst))
 
 
 def _require_default(outcome: loading.Outcome) -> None:

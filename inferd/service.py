@@ -1,24 +1,29 @@
 """The service boundary every protocol calls: lease a model, classify images with it.
 
-`Service.lease(model, version)` takes one snapshot for a request, the configuration and a
-loaded model, held until the request is answered. `Lease.classify(images, top_k)` decodes and
-preprocesses each image on the caller's thread, sends the tensors to the model's batcher together,
-and returns per image its predictions or its ImageError; it knows nothing of HTTP.
+`Service.lease(model, version, caller)` takes one snapshot for a request, the configuration and a
+loaded model, held until the request is answered. `Lease.classify(images, top_k)` charges the
+caller's images (keys.py), looks each image up in the response cache (cache.py) by its bytes,
+decodes and preprocesses the others on the caller's thread, sends their tensors to the model's
+batcher together, and returns per image its predictions or its ImageError; it knows nothing of
+HTTP. `Service.access` admits the callers of the inference routes (API keys, rate limits).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .cache import Lookup, ResponseCache
 from .config import Config
 from .imaging import preprocess
 from .imaging.budget import DecodeBudget
 from .imaging.errors import DecodeBusy, ImageError
+from .keys import Access, Caller, Key
 from .model import Prediction
 from .repository import LoadedModel, Repository
 
@@ -36,33 +41,56 @@ class Scores:
 
     scores: np.ndarray
     inference_time_ms: float
+    cached: bool | None = None  # from the response cache (or another request's computation); None: no cache
 
 
 @dataclass(frozen=True)
 class Classification:
     predictions: list[Prediction]
     inference_time_ms: float
+    cached: bool | None = None
+
+
+def cache_state(results: list) -> str | None:
+    """What the cache did for a request's answered images: "hit" (all from it), "miss" (none),
+    "partial"; None when the cache is off or nothing was answered."""
+    flags = {r.cached for r in results if not isinstance(r, Exception) and r.cached is not None}
+    if not flags:
+        return None
+    return "partial" if len(flags) == 2 else ("hit" if flags == {True} else "miss")
 
 
 class Service:
-    """Holds the configuration and the repository the daemon installs; requests lease from it."""
+    """Holds the configuration and the repository the daemon installs; requests lease from it.
+    `keys`: the keys file's keys, None when keys are off; `metrics`: InferdMetrics or None."""
 
-    def __init__(self, repository: Repository, config: Config):
+    def __init__(self, repository: Repository, config: Config, keys: list[Key] | None = None, metrics=None):
         self.repository = repository
         self.config = config
         self.decode_budget = DecodeBudget(config.limits.max_decode_bytes)
+        self.keys = keys
+        self.cache = ResponseCache(config.cache.max_bytes, metrics.cache if metrics else None)
+        self.access = Access(config.auth, keys, metrics.keys if metrics else None)
+        if metrics:
+            metrics.cache.watch(self.cache.stats)
 
-    def configure(self, config: Config) -> None:
+    def configure(self, config: Config, keys: list[Key] | None) -> None:
+        """Take a reloaded configuration and keys file; cached answers of versions no longer
+        loaded (or computed under other limits) leave at once."""
         self.config = config
+        self.keys = keys
         self.decode_budget.resize(config.limits.max_decode_bytes)
+        self.cache.resize(config.cache.max_bytes)
+        self.cache.retain({answer_context(config, loaded) for loaded in self.repository.loaded()})
+        self.access.update(config.auth, keys)
 
     @contextlib.contextmanager
-    def lease(self, model: str | None = None, version: str | None = None):
-        """A Lease on the named model (default model, latest version when None); raises
-        repository.UnknownModel (404)."""
+    def lease(self, model: str | None = None, version: str | None = None, caller: Caller | None = None):
+        """A Lease on the named model (default model, latest version when None) for `caller`
+        (the access rules' Caller, or None); raises repository.UnknownModel (404)."""
         config = self.config
         with self.repository.lease(model, version) as loaded:
-            yield Lease(config, loaded, self.decode_budget)
+            yield Lease(config, loaded, self.decode_budget, self.cache, caller)
 
     def describe_default(self) -> dict | None:
         """The default model's description, or None while none is loaded."""
@@ -73,13 +101,16 @@ class Service:
 
 
 class Lease:
-    """One request's hold on (config, loaded model)."""
+    """One request's hold on (config, loaded model), for one caller."""
 
-    def __init__(self, config: Config, loaded: LoadedModel, decode_budget: DecodeBudget | None = None):
+    def __init__(self, config: Config, loaded: LoadedModel, decode_budget: DecodeBudget | None = None,
+                 cache: ResponseCache | None = None, caller: Caller | None = None):
         self.config = config
         self.loaded = loaded
         self.metrics = loaded.metrics  # this version's VersionMetrics
         self.decode_budget = decode_budget
+        self.cache = cache if cache is not None and cache.enabled else None
+        self.caller = caller
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -89,18 +120,66 @@ class Lease:
         """Per image, its top_k predictions or the ImageError (4xx) that refused it. Raises for the
         whole request: QueueFull or BatcherStopped (503), InferenceTimeout (503)."""
         top = self.loaded.model.top_k
-        return [r if isinstance(r, Exception) else Classification(top(r.scores, top_k), r.inference_time_ms)
+        return [r if isinstance(r, Exception) else Classification(top(r.scores, top_k), r.inference_time_ms, r.cached)
                 for r in self.score_images(images)]
 
     def score_images(self, images: list[bytes]) -> list[Scores | ImageError]:
-        """Per image, its scores or the ImageError (4xx) that refused it; all of a request's images
-        go to the batcher together. Raises as classify does."""
-        results: list = [self._preprocess(data) for data in images]
-        scored = iter(self.score_tensors([r for r in results if not isinstance(r, Exception)]))
-        return [r if isinstance(r, Exception) else next(scored) for r in results]
+        """Per image, its scores or the ImageError (4xx) that refused it; the images the cache
+        does not answer go to the batcher together. Raises as classify does, and the caller's
+        keys.Limited (429) or TooManyImages (413) before any image is looked at."""
+        self._charge(len(images))
+        if self.cache is None:
+            return self._compute(images)
+        started = time.monotonic()
+        context = answer_context(self.config, self.loaded)
+        lookups = [self.cache.begin(hashlib.sha256(context + data).digest()) for data in images]
+        leading = [i for i, lookup in enumerate(lookups) if lookup.leads]
+        computed = dict(zip(leading, self._lead([lookups[i] for i in leading], [images[i] for i in leading], context)))
+        return [computed[i] if i in computed else self._follow(lookup, started) for i, lookup in enumerate(lookups)]
 
     def score_tensors(self, tensors) -> list[Scores]:
-        """Scores of preprocessed tensors (each in the model's input shape), through the batcher."""
+        """Scores of preprocessed tensors (each in the model's input shape), through the batcher;
+        never cached. Raises as score_images does."""
+        self._charge(len(tensors))
+        return self._score_tensors(tensors)
+
+    def _charge(self, count: int) -> None:
+        if self.caller is not None:
+            self.caller.charge_images(count)
+
+    def _compute(self, images: list[bytes]) -> list[Scores | ImageError]:
+        results: list = [self._preprocess(data) for data in images]
+        scored = iter(self._score_tensors([r for r in results if not isinstance(r, Exception)]))
+        return [r if isinstance(r, Exception) else next(scored) for r in results]
+
+    def _lead(self, lookups: list[Lookup], images: list[bytes], context: bytes) -> list[Scores | ImageError]:
+        """Compute the images this request leads and end their flights: scores are stored,
+        errors only handed to the requests waiting on them (never cached)."""
+        try:
+            results = self._compute(images)
+        except BaseException as exc:
+            for lookup in lookups:
+                self.cache.fail(lookup.key, exc)
+            raise
+        for lookup, result in zip(lookups, results):
+            if isinstance(result, Exception):
+                self.cache.fail(lookup.key, result)
+            else:
+                self.cache.fill(lookup.key, _frozen(result.scores), context)
+        return [r if isinstance(r, Exception) else replace(r, cached=False) for r in results]
+
+    def _follow(self, lookup: Lookup, started: float) -> Scores | ImageError:
+        """A stored answer, or the one another request is computing (waited for within the
+        request timeout: InferenceTimeout beyond)."""
+        if lookup.hit:
+            return Scores(lookup.value, 0.0, cached=True)
+        try:
+            value = _wait(lookup.flight, started, self.config.batching.request_timeout)
+        except ImageError as exc:
+            return exc
+        return Scores(value, round((time.monotonic() - started) * 1000.0, 3), cached=True)
+
+    def _score_tensors(self, tensors) -> list[Scores]:
         submitted = time.monotonic()
         try:
             outputs = self._infer(list(tensors), submitted)
@@ -129,6 +208,23 @@ class Lease:
         futures = self.loaded.batcher.submit(tensors) if tensors else []
         timeout = self.config.batching.request_timeout
         return [(_wait(future, submitted, timeout), time.monotonic() - submitted) for future in futures]
+
+
+def answer_context(config: Config, loaded: LoadedModel) -> bytes:
+    """What, beside an image's bytes, decides its cached answer: the model version and its file's
+    sha256, the manifest (preprocessing, softmax), and the limits that could refuse the image."""
+    limits = config.limits
+    decided_by = (loaded.name, loaded.version, loaded.model.sha256, loaded.model.manifest,
+                  sorted(limits.allowed_formats), limits.max_image_pixels, limits.max_decode_bytes)
+    return hashlib.sha256(repr(decided_by).encode()).digest()
+
+
+def _frozen(scores: np.ndarray) -> np.ndarray:
+    """A read-only copy that owns its data: not a view keeping the whole batch's output alive,
+    and sys.getsizeof counts its real size."""
+    row = np.array(scores, copy=True)
+    row.flags.writeable = False
+    return row
 
 
 def _wait(future, submitted: float, timeout: float):

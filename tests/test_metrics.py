@@ -261,6 +261,13 @@ def populated(process=True):
     m.request_finished()
     m.observe_reload(True)
     m.observe_reload(False)
+    m.cache.lookup(True)
+    m.cache.lookup(False)
+    m.cache.evicted(2)
+    m.keys.install(["alice", "unknown"])
+    m.keys.observe("alice", "ok")
+    m.keys.observe_images("alice", 3)
+    m.keys.observe("unknown", "unauthorized")
     return m
 
 
@@ -277,7 +284,9 @@ def test_strict_openmetrics_parser_accepts_a_populated_render():
         "inferd_queue_depth", "inferd_model_info", "inferd_model_loaded_timestamp_seconds",
         "inferd_reloads", "inferd_model_reloads", "inferd_build_info", "process_cpu_seconds",
         "process_virtual_memory_bytes", "process_resident_memory_bytes",
-        "process_start_time_seconds", "process_open_fds", "process_max_fds",
+        "process_start_time_seconds", "process_open_fds", "process_max_fds", "inferd_cache_requests",
+        "inferd_cache_evictions", "inferd_cache_bytes", "inferd_cache_entries", "inferd_key_requests",
+        "inferd_key_images",
     }
     assert set(families) == expected
     (info,) = families["inferd_model_info"]
@@ -352,7 +361,8 @@ def test_promtool_on_openmetrics_flags_only_what_it_cannot_parse():
     # beyond that, or a parse error (exit 1), would be ours.
     code, output = promtool_check(format_openmetrics(populated().registry.collect()))
     counters = ["inferd_http_requests_total", "inferd_images_total", "inferd_reloads_total", "inferd_model_reloads_total",
-                "process_cpu_seconds_total"]
+                "process_cpu_seconds_total", "inferd_cache_requests_total", "inferd_cache_evictions_total",
+                "inferd_key_requests_total", "inferd_key_images_total"]
     assert code in (0, 3), output
     assert sorted(output.splitlines()) == sorted(f"{c} no help text" for c in counters)
 

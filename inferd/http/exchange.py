@@ -59,7 +59,7 @@ class Exchange:
         self.metrics.request_started()
         reader = SocketReader(conn.sock, conn.buffer[conn.head_length:])
         body = BodyReader(reader, head, settings)
-        label, status = head.path, None
+        label, status, caller = head.path, None, None
         try:
             try:
                 request = Request(head, conn.address, config, {}, parse_qs(head.query))
@@ -67,12 +67,17 @@ class Exchange:
                     check(request, self.context)
                 route, handler, params = self.router.match(head.method, head.path)
                 label = route.path
-                response = self._run(route, handler, replace(request, params=params), body)
+                request = replace(request, params=params)
+                if route.guard:
+                    caller = route.guard(request, self.context)
+                    request = replace(request, caller=caller)
+                response = self._run(route, handler, request, body)
                 failure = None
             except ClientDisconnected:
                 return CLOSE
             except Exception as exc:  # every outcome, errors included, becomes one response
                 response, failure = error_response(exc, f"{head.method} {printable(head.target)}"), exc
+                caller = caller or getattr(exc, "caller", None)
             disposition = self._disposition(head, body, failure)
             status = response.status
             if not self._send(conn, head, response, disposition, settings):
@@ -83,7 +88,7 @@ class Exchange:
         finally:
             if status is not None:
                 self._record(conn.address, head.method, label, head.target, status, time.monotonic() - started,
-                             settings)
+                             settings, caller)
             self.metrics.request_finished()
             self._in_flight(-1)
 
@@ -130,12 +135,14 @@ class Exchange:
         return error_bytes(status, message)
 
     def _record(self, address, method: str, label: str, target: str, status: int, seconds: float,
-                settings) -> None:
+                settings, caller=None) -> None:
+        """Metrics and the access log line; `caller` (an API key's name, never the key) ends the
+        line as "key=NAME" when the route has a guard that named one."""
         self.metrics.observe_request(label if method != "-" else "", method if method != "-" else "",
                                      status, seconds)
         if settings.access_log:
-            access_log.info("%s %s %s %d %.1fms", address[0] if address else "-", printable(method),
-                            printable(target), status, seconds * 1000)
+            access_log.info("%s %s %s %d %.1fms%s", address[0] if address else "-", printable(method),
+                            printable(target), status, seconds * 1000, f" key={caller}" if caller else "")
 
 
 def printable(text: str) -> str:

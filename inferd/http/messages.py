@@ -28,6 +28,7 @@ class Request:
     query: Mapping[str, list[str]] = field(default_factory=dict)
     body: bytes = b""
     admitted: Any = None  # what the route's `admit` yielded
+    caller: Any = None  # who the route's `guard` admitted (its str() names it in the access log)
 
     @property
     def headers(self):
@@ -52,6 +53,8 @@ class Route:
 
     path: "/infer", or a pattern whose "{name}" segments become `Request.params`.
     methods: method -> handler(request, context) -> Response; HEAD is served by GET.
+    guard: (request, context) -> who is calling (`Request.caller`, or None), run once the route
+    is matched and before `admit`; it raises to refuse the request (401, 429).
     admit: (request, context) -> a context manager entered before the body is read (checks that
     need no body, a lease on a model); what it yields is `Request.admitted`, and it is left after
     the answer is built.
@@ -61,4 +64,5 @@ class Route:
     methods: Mapping[str, Handler]
     pool: str = OTHER  # INFERENCE: an inference request (its own thread cap, the JSON view's counts)
     body: str = NO_BODY
+    guard: Callable | None = None
     admit: Callable | None = None

@@ -14,7 +14,9 @@ from typing import Callable, Iterable
 
 from .. import __version__
 from . import exposition
+from .cache import CacheMetrics, cache_json
 from .families import Counter, Gauge, Histogram, Registry
+from .keys import KeyMetrics
 from .models import IMAGE_OUTCOMES, LoadedVersion, ModelFamilies, VersionMetrics
 from .process import ProcessCollector
 
@@ -61,6 +63,8 @@ class InferdMetrics:
         self._in_flight = Gauge(
             "inferd_http_requests_in_flight", "HTTP requests being handled now.", registry=r)
         self.models = ModelFamilies(r)
+        self.cache = CacheMetrics(r)
+        self.keys = KeyMetrics(r)
         self._reloads = Counter(
             "inferd_reloads_total", "Reloads (SIGHUP or POST /admin/reload), by result (success, failure).",
             ("result",), registry=r)
@@ -153,13 +157,18 @@ class InferdMetrics:
           LATENCY_WINDOW (1024) inference requests (``latency_window`` says how many it holds);
           null while the window is empty.
         - requests_per_second: total_requests / uptime_seconds, i.e. the all-time average rate.
+        - cache: response cache lookups (one per image), hit_ratio (null before any), bytes,
+          entries, evictions; keys: per API key name, requests by result and images.
         """
         depths = self.models.depths()  # may call the sources: before taking the lock
+        sizes = self.cache.sizes()
         now = self._clock()
         with self.registry.atomically():
             copied = self._copy_for_json()
         view = self._json_view(copied, max(now - self._started, 0.0))
         view.update(model_json(copied["models"], depths, self._default_model))
+        view["cache"] = cache_json(copied["cache"], sizes)
+        view["keys"] = copied["keys"]
         return view
 
     def _copy_for_json(self) -> dict:
@@ -171,6 +180,8 @@ class InferdMetrics:
             "reloads": {key[0]: child.get() for key, child in self._reloads.children()},
             "in_flight": self._in_flight.get(),
             "models": self.models.copy_for_json(),
+            "cache": self.cache.copy_for_json(),
+            "keys": self.keys.copy_for_json(),
         }
 
     def _json_view(self, c: dict, uptime: float) -> dict:

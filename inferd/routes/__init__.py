@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..http.messages import DISCARD, INFERENCE, READ, Route
-from . import admin, native, v2
+from . import admin, keyed, native, v2
 
 
 @dataclass(frozen=True)
@@ -20,8 +20,10 @@ class RouteContext:
 
 
 ROUTES = (
-    Route("/infer", {"POST": native.infer}, pool=INFERENCE, body=READ, admit=native.admit_upload),
-    Route("/infer/batch", {"POST": native.infer_batch}, pool=INFERENCE, body=READ, admit=native.admit_upload),
+    Route("/infer", {"POST": native.infer}, pool=INFERENCE, body=READ, guard=keyed.guard,
+          admit=native.admit_upload),
+    Route("/infer/batch", {"POST": native.infer_batch}, pool=INFERENCE, body=READ, guard=keyed.guard,
+          admit=native.admit_upload),
     Route("/health", {"GET": native.health}),
     Route("/metrics", {"GET": native.metrics}),
     Route("/models", {"GET": native.models}),
@@ -38,9 +40,10 @@ ROUTES = (
     Route("/v2/models/{model}/versions/{version}/ready", {"GET": v2.model_ready}),
     Route("/v2/models/{model}/config", {"GET": v2.model_config}),
     Route("/v2/models/{model}/versions/{version}/config", {"GET": v2.model_config}),
-    Route("/v2/models/{model}/infer", {"POST": v2.infer}, pool=INFERENCE, body=READ, admit=v2.admit_infer),
-    Route("/v2/models/{model}/versions/{version}/infer", {"POST": v2.infer}, pool=INFERENCE, body=READ,
+    Route("/v2/models/{model}/infer", {"POST": v2.infer}, pool=INFERENCE, body=READ, guard=keyed.guard,
           admit=v2.admit_infer),
+    Route("/v2/models/{model}/versions/{version}/infer", {"POST": v2.infer}, pool=INFERENCE, body=READ,
+          guard=keyed.guard, admit=v2.admit_infer),
 )
 
 GUARDS = (("/admin/", admin.guard),)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from ..http.errors import HTTPError
 from ..http.messages import Request, Response
 from ..metrics import negotiate
-from ..service import Classification, Lease
+from ..service import Classification, Lease, cache_state
 from .uploads import parse_top_k, upload_kind, uploads
 
 
@@ -25,8 +25,8 @@ class Admitted:
 @contextlib.contextmanager
 def admit_upload(request: Request, context):
     """Before the body: the model lease (?model, ?version; held until the answer; 404 for one not
-    loaded), ?top_k (400), the content type (415)."""
-    with context.service.lease(_query(request, "model"), _query(request, "version")) as lease:
+    loaded) for the guard's caller, ?top_k (400), the content type (415)."""
+    with context.service.lease(_query(request, "model"), _query(request, "version"), request.caller) as lease:
         top_k = parse_top_k(request.query, lease.config.model.top_k, len(lease.labels))
         upload_kind(request.headers.get("Content-Type", ""))
         yield Admitted(lease, top_k)
@@ -40,7 +40,7 @@ def infer(request: Request, context) -> Response:
     (result,) = admitted.lease.classify([images[0].data], admitted.top_k)
     if isinstance(result, Exception):
         raise result
-    return Response(200, {**_prediction(result), **_served_by(admitted.lease)})
+    return Response(200, {**_prediction(result), **_served_by(admitted.lease)}, cache_header([result]))
 
 
 def infer_batch(request: Request, context) -> Response:
@@ -58,7 +58,13 @@ def infer_batch(request: Request, context) -> Response:
         "total_images": len(entries), "successful": len(entries) - failed, "failed": failed,
         "total_time_ms": round((time.monotonic() - started) * 1000.0, 3),
         **_served_by(admitted.lease), "results": entries,
-    })
+    }, cache_header(results))
+
+
+def cache_header(results: list) -> dict:
+    """X-Cache: hit, miss or partial (some images of a batch from the cache); none with the cache off."""
+    state = cache_state(results)
+    return {"X-Cache": state} if state else {}
 
 
 def _served_by(lease: Lease) -> dict:

@@ -15,6 +15,7 @@ from ..http.errors import HTTPError
 from ..http.messages import Request, Response
 from ..repository import LoadedModel
 from . import oip
+from .native import cache_header
 
 EXTENSIONS = ["binary_tensor_data", "classification"]
 JSON_BYTES_COST = 16  # bytes of Python objects per byte of JSON at most (a list of "0,")
@@ -89,7 +90,7 @@ def admit_infer(request: Request, context):
                              f"{oip.HEADER_LENGTH} (the binary tensor data extension)")
     if request.headers.get("Content-Encoding", "identity").lower() != "identity":
         raise HTTPError(415, "compressed request bodies are not supported")
-    with context.service.lease(*_names(request)) as lease:
+    with context.service.lease(*_names(request), request.caller) as lease:
         yield lease
 
 
@@ -98,13 +99,15 @@ def infer(request: Request, context) -> Response:
     parsed = _parse(request, context, lease)
     tensor = parsed.input
     if tensor.datatype == "BYTES":
-        rows = [_image_scores(i, result) for i, result in enumerate(lease.score_images(tensor.values))]
+        results = lease.score_images(tensor.values)
+        rows = [_image_scores(i, result) for i, result in enumerate(results)]
     else:
-        rows = [row.scores for row in lease.score_tensors(list(tensor.values))]
+        results = lease.score_tensors(list(tensor.values))
+        rows = [row.scores for row in results]
     scores = np.stack(rows) if rows else np.zeros((0, len(lease.labels)), np.float32)
     tensors = [_output(output, scores, lease) for output in parsed.outputs]
     headers, body = oip.render_response(lease.loaded.name, lease.loaded.version, parsed.id, tensors)
-    return Response(200, body, headers)
+    return Response(200, body, {**headers, **cache_header(results)})
 
 
 def _parse(request: Request, context, lease) -> oip.InferRequest:

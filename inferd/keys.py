@@ -1,0 +1,328 @@
+"""API keys and rate limits: the keys file, key hashes, token buckets, and the access rules of
+the inference routes (who may call them, how often). Knows no HTTP: a refusal is an error that
+carries its status and headers.
+
+The keys file (`inferd-keys` writes it): one key per line,
+    NAME sha256:HEX [rate=R] [burst=B] [images_rate=R] [images_burst=B]
+blank lines and lines starting with # are ignored; limits left out take [auth]'s defaults.
+A key is 256 random bits (`new_key`), so one SHA-256 stores it safely: there is no dictionary to
+try and 2^256 keys to search, and a slow hash (scrypt, PBKDF2) would buy nothing but cost CPU on
+every request, which anyone sending made-up keys could then spend at will.
+
+Time is `time.monotonic` only: a wall-clock step never fills or drains a bucket.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import math
+import re
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from .config import ConfigError
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "inferd_"
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+HASH = re.compile(r"sha256:([0-9a-f]{64})\Z")
+UNKNOWN, ANONYMOUS = "unknown", "anonymous"  # metric names of callers without a key of the file
+RESERVED = frozenset({UNKNOWN, ANONYMOUS})
+MAX_ADDRESSES = 4096  # per-address buckets kept for anonymous clients, least recently seen out first
+REALM = 'Bearer realm="inferd"'
+
+
+class KeysFileError(ConfigError):
+    """The keys file cannot be used; one problem per line, each naming the file and line."""
+
+
+class Unauthorized(PermissionError):
+    """No key, or one the keys file does not hold (RFC 6750's invalid_token)."""
+
+    http_status = 401
+
+    def __init__(self, presented: bool):
+        super().__init__("a valid API key is required (Authorization: Bearer <key>, or X-API-Key)")
+        self.headers = {"WWW-Authenticate": REALM + (', error="invalid_token"' if presented else "")}
+        self.caller = UNKNOWN
+
+
+class Limited(RuntimeError):
+    """Beyond a key's requests or images per second: 429 with Retry-After (whole seconds until
+    enough tokens are there) and the RateLimit-* fields of the bucket that refused."""
+
+    http_status = 429
+
+    def __init__(self, caller: str, what: str, wait: float, limit: int, remaining: int, reset: float):
+        super().__init__(f"rate limit of {what} exceeded; retry in {wait:.2f} s")
+        self.caller = caller
+        self.headers = {"Retry-After": str(max(1, math.ceil(wait))), "RateLimit-Limit": str(limit),
+                        "RateLimit-Remaining": str(remaining), "RateLimit-Reset": str(max(1, math.ceil(reset)))}
+
+
+class TooManyImages(ValueError):
+    """More images in one request than the key's images_burst: no wait would ever admit it."""
+
+    http_status = 413
+
+    def __init__(self, caller: str, count: int, burst: int):
+        super().__init__(f"{count} images in one request; this key may send at most {burst} at once")
+        self.caller = caller
+
+
+# -- keys and the keys file ------------------------------------------------------------------------
+
+def new_key() -> str:
+    """A new random key: the prefix (so that secret scanners can spot one) and 256 random bits."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def key_hash(key: str) -> str:
+    """What the keys file holds of a key: "sha256:<hex>"."""
+    return "sha256:" + hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Limits:
+    rate: float = 0.0  # requests per second; 0: no limit
+    burst: int = 10
+    images_rate: float = 0.0  # images per second; 0: no limit
+    images_burst: int = 32
+
+
+LIMIT_PARSERS: dict[str, Callable[[str], float]] = {
+    "rate": float, "burst": int, "images_rate": float, "images_burst": int}
+
+
+@dataclass(frozen=True)
+class KeyLine:
+    """One line of the keys file: a name, its key's hash, the limits it sets (the rest default)."""
+
+    name: str
+    hash: str
+    limits: dict
+
+    def text(self) -> str:
+        return " ".join([self.name, self.hash, *(f"{k}={v}" for k, v in self.limits.items())])
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    digest: bytes
+    limits: Limits
+
+
+def parse_keys(text: str, source: str) -> list[KeyLine]:
+    """Every key line of a keys file; raises KeysFileError listing every problem."""
+    lines, problems = [], []
+    for number, raw in enumerate(text.splitlines(), 1):
+        words = raw.split()
+        if not words or words[0].startswith("#"):
+            continue
+        try:
+            lines.append(_key_line(words))
+        except ValueError as exc:
+            problems.append(f"{source}:{number}: {exc}")
+    problems += _duplicates(lines, source)
+    if problems:
+        raise KeysFileError(problems)
+    return lines
+
+
+def _key_line(words: list[str]) -> KeyLine:
+    if len(words) < 2:
+        raise ValueError("expected NAME sha256:HEX [rate=R] [burst=B] [images_rate=R] [images_burst=B]")
+    name, digest, *options = words
+    if not NAME.match(name) or name in RESERVED:
+        raise ValueError(f"bad key name {name!r}: letters, digits, '.', '_', '-' (not {' or '.join(sorted(RESERVED))})")
+    if not HASH.match(digest):
+        raise ValueError(f"key {name}: the hash must be sha256: and 64 lowercase hex digits (see inferd-keys)")
+    return KeyLine(name, digest, dict(_limit(option) for option in options))
+
+
+def _limit(option: str) -> tuple[str, float]:
+    key, _, text = option.partition("=")
+    if key not in LIMIT_PARSERS:
+        raise ValueError(f"unknown limit {key!r}: choose from {', '.join(LIMIT_PARSERS)}")
+    try:
+        value = LIMIT_PARSERS[key](text)
+    except ValueError:
+        raise ValueError(f"{key} = {text!r} is not a number") from None
+    if not (value >= 1 if key.endswith("burst") else value >= 0) or math.isinf(value):
+        raise ValueError(f"{key} = {text!r}: rates are >= 0 (0: no limit), bursts >= 1")
+    return key, value
+
+
+def _duplicates(lines: list[KeyLine], source: str) -> list[str]:
+    problems, names, hashes = [], set(), set()
+    for line in lines:
+        if line.name in names:
+            problems.append(f"{source}: key name {line.name} appears twice")
+        if line.hash in hashes:
+            problems.append(f"{source}: key {line.name} has the same hash as another key")
+        names.add(line.name)
+        hashes.add(line.hash)
+    return problems
+
+
+def load_keys(path: Path, defaults: Limits) -> list[Key]:
+    """The keys of the file at `path`, limits resolved against `defaults`. Raises KeysFileError;
+    logs a warning when the file is readable by everyone."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        mode = path.stat().st_mode
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeysFileError([f"{path}: cannot read the keys file: {exc}"]) from None
+    if mode & 0o004:
+        log.warning("%s is readable by every user (mode %o): chmod o-r it", path, mode & 0o777)
+    return [Key(line.name, bytes.fromhex(line.hash[len("sha256:"):]), replace(defaults, **line.limits))
+            for line in parse_keys(text, str(path))]
+
+
+# -- token buckets ---------------------------------------------------------------------------------
+
+class TokenBucket:
+    """`capacity` tokens, refilled at `rate` per second, on the monotonic clock `clock`."""
+
+    def __init__(self, rate: float, capacity: int, clock: Callable[[], float]):
+        self.rate, self.capacity, self._clock = rate, capacity, clock
+        self._tokens, self._at = float(capacity), clock()
+        self._lock = threading.Lock()
+
+    def take(self, count: int) -> float:
+        """Take `count` tokens: 0.0 when taken, else the seconds until there are enough (nothing
+        is taken then)."""
+        with self._lock:
+            self._refill()
+            if self._tokens >= count:
+                self._tokens -= count
+                return 0.0
+            return (count - self._tokens) / self.rate
+
+    def state(self) -> tuple[int, float]:
+        """(whole tokens left, seconds until the bucket is full)."""
+        with self._lock:
+            self._refill()
+            return int(self._tokens), (self.capacity - self._tokens) / self.rate
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.capacity, self._tokens + max(0.0, now - self._at) * self.rate)
+        self._at = now
+
+
+class Caller:
+    """Who an admitted request is (a key's name, or "anonymous"), with its buckets."""
+
+    def __init__(self, name: str, limits: Limits, clock: Callable[[], float], observer=None):
+        self.name, self.limits, self._observer = name, limits, observer
+        self._requests = TokenBucket(limits.rate, limits.burst, clock) if limits.rate else None
+        self._images = TokenBucket(limits.images_rate, limits.images_burst, clock) if limits.images_rate else None
+
+    def __str__(self) -> str:
+        return self.name
+
+    def admit(self) -> "Caller":
+        """Charge one request; raises Limited."""
+        self._charge(self._requests, 1, "requests")
+        self._observe("ok")
+        return self
+
+    def charge_images(self, count: int) -> None:
+        """Charge `count` images of one request; raises TooManyImages (413) or Limited (429)."""
+        bucket = self._images
+        if bucket is not None and count > bucket.capacity:
+            self._observe("limited")
+            raise TooManyImages(self.name, count, bucket.capacity)
+        self._charge(bucket, count, "images")
+        if self._observer is not None:
+            self._observer.observe_images(self.name, count)
+
+    def _charge(self, bucket: TokenBucket | None, count: int, what: str) -> None:
+        if bucket is None or count == 0:
+            return
+        wait = bucket.take(count)
+        if wait:
+            self._observe("limited")
+            remaining, reset = bucket.state()
+            raise Limited(self.name, f"{bucket.rate:g} {what} per second", wait, bucket.capacity, remaining, reset)
+
+    def _observe(self, result: str) -> None:
+        if self._observer is not None:
+            self._observer.observe(self.name, result)
+
+
+# -- the rules of the inference routes ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Rules:
+    keys: tuple[tuple[Key, Caller], ...] | None  # None: keys are off
+    anonymous: Limits
+
+
+class Access:
+    """Admits callers of the inference routes. With keys (a keys file): the caller of a key it
+    holds, charged one request; 401 otherwise. Without keys: anyone; with an anonymous_rate,
+    charged per client address. `update` swaps in new settings and keys on reload, keeping the
+    buckets of keys whose limits did not change. `observer`: metrics.KeyMetrics or None."""
+
+    def __init__(self, settings, keys: list[Key] | None, observer=None, clock: Callable[[], float] = time.monotonic):
+        self._observer, self._clock = observer, clock
+        self._lock = threading.Lock()
+        self._rules = _Rules(None, Limits())
+        self._addresses: OrderedDict[str, Caller] = OrderedDict()
+        self.update(settings, keys)
+
+    def update(self, settings, keys: list[Key] | None) -> None:
+        """`settings`: the [auth] section; `keys`: None when keys are off."""
+        old = dict(self._rules.keys or ())
+        held = None if keys is None else tuple(
+            (key, old.get(key) or Caller(key.name, key.limits, self._clock, self._observer)) for key in keys)
+        anonymous = Limits(settings.anonymous_rate, settings.burst, settings.images_rate, settings.images_burst)
+        self._rules = _Rules(held, anonymous)  # one assignment: a request sees the old rules or the new
+        with self._lock:
+            self._addresses.clear()
+        if self._observer is not None:
+            names = [key.name for key, _ in held] + [UNKNOWN] if held is not None else (
+                [ANONYMOUS] if anonymous.rate else [])
+            self._observer.install(names)
+
+    def admit(self, presented: str | None, address: str) -> Caller | None:
+        """The caller of a request that presented key `presented` (None: none) from `address`,
+        charged one request; None when no rule applies. Raises Unauthorized (401), Limited (429)."""
+        rules = self._rules
+        if rules.keys is not None:
+            return self._keyed(rules.keys, presented).admit()
+        if rules.anonymous.rate:
+            return self._by_address(address, rules.anonymous).admit()
+        return None
+
+    def _keyed(self, keys, presented: str | None) -> Caller:
+        """The caller of the key, compared in constant time against every key held."""
+        digest = hashlib.sha256((presented or "").encode("utf-8", "replace")).digest()
+        found = None
+        for key, caller in keys:
+            if hmac.compare_digest(key.digest, digest):
+                found = caller
+        if found is None or not presented:
+            if self._observer is not None:
+                self._observer.observe(UNKNOWN, "unauthorized")
+            raise Unauthorized(presented=bool(presented))
+        return found
+
+    def _by_address(self, address: str, limits: Limits) -> Caller:
+        with self._lock:
+            caller = self._addresses.pop(address, None) or Caller(ANONYMOUS, limits, self._clock, self._observer)
+            self._addresses[address] = caller
+            if len(self._addresses) > MAX_ADDRESSES:
+                self._addresses.popitem(last=False)
+        return caller
