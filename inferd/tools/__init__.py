@@ -1,2 +1,2 @@
-"""Command-line tools that are not the daemon: `inferd-bench` (a load generator) and `inferd-reload`
-(systemd's ExecReload). They talk to a running daemon; the daemon never imports them."""
+"""Command-line tools that are not the daemon: `inferd-bench` (a load generator), `inferd-reload`
+(systemd's ExecReload) and `inferd-keys` (the API keys file). The daemon never imports them."""
