@@ -14,11 +14,19 @@ READY=1 status), then runs, until the time is up:
   admin   reloads without a token, with a wrong one, and (every so often, for real) with the right one;
   monitor /health and /metrics twice a second, and the daemon's RSS;
   pipelined two connections each sending 20 GET /health in one write, again and again: every one
-          answered, in order (issue 17: a request behind a refused one was once dropped).
+          answered, in order (issue 17: a request behind a refused one was once dropped);
+  keyed   (issue 13) API keys are on and every inference request above carries the "soak" key; a
+          client paced below its key's limit (every answer 200), one sending as fast as it can
+          beyond its key's limit (200 within the bucket, 429 with Retry-After beyond it), and one
+          guessing keys (401);
+  cached  (issue 13) the response cache is on: a client repeating four photos (X-Cache: hit once
+          each was seen), while the good clients' photos carry a random trailer after their
+          end, so that each is new to the cache and runs the model (and keeps evicting).
 It then prints what it sent and what came back, and exits 1 unless: every good request got 200
 with the right label, every bad one its 4xx, nothing got a 5xx, well-behaved clients saw no
 transport error, slow and idle connections were cut off on time, RSS stayed under --max-rss-mb,
-and the daemon was alive at the end (and exits 0 on SIGTERM). Traffic goes to 127.0.0.1 only.
+the greedy key got no more 200s than its bucket allows, the cache stayed within its budget, and
+the daemon was alive at the end (and exits 0 on SIGTERM). Traffic goes to 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import argparse
 import collections
 import io
+import itertools
 import os
 import random
 import secrets
@@ -45,6 +54,10 @@ import requests
 
 from tests.support import DEFAULT_MODEL, EXPECTED_TOP1, REPO, DaemonProcess, NotifySocket, model_build
 
+# The keyed rows' keys: "soak" (no limit) for every other inference request, and their limits.
+KEYS = {"soak": {}, "paced": {"rate": 4, "burst": 4}, "greedy": {"rate": 2, "burst": 3}}
+PACED_INTERVAL = 0.5  # seconds between the paced client's requests: half its key's rate
+CACHE_BYTES = 512 * 1024  # ~120 answers of 1000 classes: the good clients' unique photos keep evicting
 LIMITS = {"max_body_bytes": 4 * 1024 * 1024, "header_timeout": 2.0, "idle_timeout": 3.0, "body_timeout": 2.0,
           "min_body_rate": 16384, "max_files_per_batch": 8}
 SLACK = 1.5  # seconds a cut-off may come after its timeout (sweeps every 0.25 s, a loaded box)
@@ -88,6 +101,15 @@ def png_bomb(side: int = 20000) -> bytes:
             + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
 
 
+def signed(session, head: bytes) -> bytes:
+    """`head` with the session's Authorization line (the soak's API key) after its request line."""
+    authorization = session.headers.get("Authorization")
+    if not authorization:
+        return head
+    line, rest = head.split(b"\r\n", 1)
+    return line + b"\r\nAuthorization: " + authorization.encode() + b"\r\n" + rest
+
+
 def bad_requests(images: dict) -> dict[str, tuple[int, callable]]:
     """name -> (expected status, function(session, url) -> response)."""
     jpeg = next(data for name, (data, _) in images.items() if name.endswith(".jpg"))
@@ -115,12 +137,13 @@ def bad_requests(images: dict) -> dict[str, tuple[int, callable]]:
                                                           timeout=30)),
         "unknown path": (404, lambda s, url: s.get(f"{url}/v1/models", timeout=30)),
         "wrong method": (405, lambda s, url: s.get(f"{url}/infer", timeout=30)),
-        "no length": (411, lambda s, url: raw_status(url, b"POST /infer HTTP/1.1\r\nHost: soak\r\n"
-                                                          b"Content-Type: image/png\r\n\r\n")),
-        "chunked too big": (413, lambda s, url: raw_status(url, b"POST /infer HTTP/1.1\r\nHost: soak\r\n"
-                                                                b"Content-Type: image/png\r\nTransfer-Encoding: chunked\r\n"
-                                                                b"\r\n%x\r\n" % (LIMITS["max_body_bytes"] + 1))),
-        "tiny chunks": (400, lambda s, url: raw_status(url, CHUNKED_HEAD, [b"2\r\nab\r\n" * 4000], complete=False)),
+        "no length": (411, lambda s, url: raw_status(url, signed(s, b"POST /infer HTTP/1.1\r\nHost: soak\r\n"
+                                                                   b"Content-Type: image/png\r\n\r\n"))),
+        "chunked too big": (413, lambda s, url: raw_status(url, signed(s, b"POST /infer HTTP/1.1\r\nHost: soak\r\n"
+                                                                         b"Content-Type: image/png\r\nTransfer-Encoding: chunked\r\n"
+                                                                         b"\r\n%x\r\n" % (LIMITS["max_body_bytes"] + 1)))),
+        "tiny chunks": (400, lambda s, url: raw_status(url, signed(s, CHUNKED_HEAD), [b"2\r\nab\r\n" * 4000],
+                                                       complete=False)),
         "jpeg cut and closed": (400, files("cut.jpg", jpeg[:len(jpeg) // 3] + b"\xff\xd9")),
         "png header cut": (400, lambda s, url: s.post(f"{url}/infer", data=png[:40], timeout=30,
                                                       headers={"Content-Type": "image/png"})),
@@ -237,8 +260,10 @@ class Book:
 # -- the traffic -----------------------------------------------------------------------------------
 
 class Soak:
-    def __init__(self, url: str, pid: int, images: dict, token: str, deadline: float, seed: int):
+    def __init__(self, url: str, pid: int, images: dict, token: str, deadline: float, seed: int,
+                 keys: dict[str, str] | None = None):
         self.url, self.pid, self.images, self.token, self.deadline = url, pid, images, token, deadline
+        self.keys = keys or {}  # name -> key; empty: API keys are off
         self.port = int(url.rsplit(":", 1)[1])
         self.book = Book()
         self.rng = random.Random(seed)
@@ -248,6 +273,13 @@ class Soak:
 
     def running(self) -> bool:
         return time.monotonic() < self.deadline
+
+    def session(self, key: str = "soak") -> requests.Session:
+        """A keep-alive session sending `key` (when keys are on)."""
+        session = requests.Session()
+        if key in self.keys:
+            session.headers["Authorization"] = f"Bearer {self.keys[key]}"
+        return session
 
     def timed(self, row: str, call, check) -> None:
         started = time.monotonic()
@@ -273,11 +305,15 @@ class Soak:
         return check
 
     def good(self, seed: int) -> None:
-        rng, session, names = random.Random(seed), requests.Session(), sorted(self.images)
+        """Each photo with a random trailer after its end: decoded the same, new to the cache."""
+        rng, session, names = random.Random(seed), self.session(), sorted(self.images)
+
+        def unique(name: str) -> bytes:
+            return self.images[name][0] + rng.randbytes(8)
         while self.running():
             way = rng.choice(["multipart", "multipart", "raw", "batch", "chunked", "absolute-form"])
             name = rng.choice(names)
-            data = self.images[name][0]
+            data = unique(name)
             if way == "multipart":
                 call = lambda: session.post(f"{self.url}/infer", files={"file": (name, data)}, timeout=60)  # noqa: E731
                 self.timed("good /infer multipart", call, self._label_check([name]))
@@ -287,18 +323,18 @@ class Soak:
                                             timeout=60)
                 self.timed("good /infer raw body", call, self._label_check([name]))
             elif way == "absolute-form":  # routed, and counted in the inference pool, like /infer
-                head = (b"POST http://soak/infer HTTP/1.1\r\nHost: soak\r\nContent-Type: application/octet-stream\r\n"
-                        b"Content-Length: %d\r\n\r\n" % len(data))
+                head = signed(session, b"POST http://soak/infer HTTP/1.1\r\nHost: soak\r\n"
+                              b"Content-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n" % len(data))
                 self.timed("good /infer absolute-form", lambda: raw_status(self.url, head + data),
                            self._chunked_check(name))
             elif way == "chunked":
-                head = (b"POST /infer HTTP/1.1\r\nHost: soak\r\nContent-Type: application/octet-stream\r\n"
-                        b"Transfer-Encoding: chunked\r\n\r\n")
+                head = signed(session, b"POST /infer HTTP/1.1\r\nHost: soak\r\nContent-Type: application/octet-stream\r\n"
+                              b"Transfer-Encoding: chunked\r\n\r\n")
                 self.timed("good /infer chunked", lambda: raw_status(self.url, head, [chunked(data)]),
                            self._chunked_check(name))
             else:
                 picks = rng.sample(names, rng.randint(2, 4))
-                files = [("files", (n, self.images[n][0])) for n in picks]
+                files = [("files", (n, unique(n))) for n in picks]
                 call = lambda: session.post(f"{self.url}/infer/batch", files=files, timeout=60)  # noqa: E731
                 self.timed("good /infer/batch", call, self._label_check(picks))
 
@@ -313,7 +349,7 @@ class Soak:
         return check
 
     def bad_loop(self, seed: int) -> None:
-        rng, session = random.Random(seed), requests.Session()
+        rng, session = random.Random(seed), self.session()
         kinds = sorted(self.bad)
         while self.running():
             kind = rng.choice(kinds)
@@ -329,7 +365,8 @@ class Soak:
 
     def slow(self, count: int) -> None:
         """Slowloris: `count` connections at a time, one byte every 0.5 s into a head or a body."""
-        body_head = (b"POST /infer HTTP/1.1\r\nHost: soak\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n")
+        body_head = signed(self.session(), b"POST /infer HTTP/1.1\r\nHost: soak\r\nContent-Type: image/png\r\n"
+                                           b"Content-Length: 100000\r\n\r\n")
         selector = selectors.DefaultSelector()
         open_ = {}
 
@@ -428,6 +465,62 @@ class Soak:
             for _ in range(depth - len(statuses)):
                 self.book.record("pipelined /health", "unanswered", seconds, "a pipelined request got no answer")
 
+    def paced(self) -> None:
+        """Below its key's limit: every answer 200."""
+        session, names = self.session("paced"), sorted(self.images)
+        for n in itertools.count():
+            if not self.running():
+                return
+            name = names[n % len(names)]
+            self.timed("keyed below its limit", lambda: session.post(
+                f"{self.url}/infer", files={"file": (name, self.images[name][0])}, timeout=60),
+                self._label_check([name]))
+            time.sleep(PACED_INTERVAL)  # pacing, not readiness: this client keeps to half its rate
+
+    def greedy(self) -> None:
+        """Ten times over its key's rate: 200 while the bucket has tokens, 429 with Retry-After and
+        RateLimit-* beyond; main() checks the 200s against what the bucket allows."""
+        session, name = self.session("greedy"), sorted(self.images)[0]
+
+        def check(response) -> str | None:
+            if response.status_code == 429:
+                missing = {"Retry-After", "RateLimit-Limit", "RateLimit-Remaining"} - set(response.headers)
+                return f"429 without {sorted(missing)}" if missing else None
+            return self._label_check([name])(response)
+        self.greedy_began = time.monotonic()
+        while self.running():
+            self.timed("keyed over its limit", lambda: session.post(
+                f"{self.url}/infer", files={"file": (name, self.images[name][0])}, timeout=60), check)
+            time.sleep(1 / (10 * KEYS["greedy"]["rate"]))
+        self.greedy_ended = time.monotonic()
+
+    def guesser(self) -> None:
+        """A made-up key on a new connection each time: 401 with WWW-Authenticate, fast."""
+        data = self.images[sorted(self.images)[0]][0]
+        while self.running():
+            headers = {"Authorization": f"Bearer inferd_{secrets.token_urlsafe(32)}", "Connection": "close"}
+            self.timed("keyed unknown key", lambda: requests.post(
+                f"{self.url}/infer", data=data, headers={**headers, "Content-Type": "image/png"}, timeout=30),
+                lambda r: None if r.status_code == 401 and "WWW-Authenticate" in r.headers else f"{r.status_code}")
+            time.sleep(0.1)
+
+    def duplicates(self) -> None:
+        """Four photos again and again: each answer right, and from the cache once it was seen."""
+        session, names = self.session(), sorted(self.images)[:4]
+        for n in itertools.count():
+            if not self.running():
+                return
+            name = names[n % len(names)]
+            started = time.monotonic()
+            try:
+                response = session.post(f"{self.url}/infer", files={"file": (name, self.images[name][0])}, timeout=60)
+            except (requests.RequestException, OSError) as exc:
+                self.book.transport_error("cache duplicates", exc, time.monotonic() - started)
+                continue
+            problem = self._label_check([name])(response) or (None if "X-Cache" in response.headers else "no X-Cache")
+            self.book.record("cache duplicates", f"{response.status_code} {response.headers.get('X-Cache')}",
+                             time.monotonic() - started, problem)
+
     def admin(self) -> None:
         session, n = requests.Session(), 0
         while self.running():
@@ -453,10 +546,14 @@ class Soak:
             self.rss.append((time.monotonic(), rss_bytes(self.pid)))
             time.sleep(0.5)
 
-    def run(self, good: int, bad: int, slow: int, idle: int) -> None:
+    def run(self, good: int, bad: int, slow: int, idle: int, cache: bool) -> None:
         jobs = ([(self.good, (i,)) for i in range(good)] + [(self.bad_loop, (100 + i,)) for i in range(bad)]
                 + [(self.slow, (slow,)), (self.idle, (idle,)), (self.admin, ()), (self.monitor, ()),
                    (self.pipelined, ()), (self.pipelined, ())])
+        if self.keys:
+            jobs += [(self.paced, ()), (self.greedy, ()), (self.guesser, ())]
+        if cache:
+            jobs.append((self.duplicates, ()))
         threads = [threading.Thread(target=fn, args=args, daemon=True) for fn, args in jobs]
         for thread in threads:
             thread.start()
@@ -500,10 +597,23 @@ def rss_bytes(pid: int) -> int:
 
 # -- main ------------------------------------------------------------------------------------------
 
-def start_daemon(model_dir: Path, workdir: Path, token: str) -> DaemonProcess:
+def write_keys(path: Path) -> dict[str, str]:
+    """The keys file of KEYS (mode 0600); returns name -> key."""
+    from inferd import keys
+
+    made = {name: keys.new_key() for name in KEYS}
+    path.write_text("".join(keys.KeyLine(name, keys.key_hash(made[name]), limits).text() + "\n"
+                            for name, limits in KEYS.items()))
+    path.chmod(0o600)
+    return made
+
+
+def start_daemon(model_dir: Path, workdir: Path, token: str, keys_file: Path | None = None,
+                 cache_bytes: int = 0) -> DaemonProcess:
     limits = "\n".join(f"{k} = {v}" for k, v in LIMITS.items())
     config = (f"[server]\nhost = 127.0.0.1\nport = 0\nadmin_token = {token}\n[model]\npath = {model_dir}\n"
-              f"[limits]\n{limits}\n[logging]\naccess_log = false\n")
+              f"[limits]\n{limits}\n[logging]\naccess_log = false\n[cache]\nmax_bytes = {cache_bytes}\n"
+              f"[auth]\nkeys_file = {keys_file or ''}\n")
     (workdir / "inferd.conf").write_text(config)
     notify = NotifySocket(workdir)
     env = {**os.environ, "NOTIFY_SOCKET": notify.path,
@@ -513,6 +623,30 @@ def start_daemon(model_dir: Path, workdir: Path, token: str) -> DaemonProcess:
         proc = subprocess.Popen([sys.executable, "-m", "inferd", "--config", str(workdir / "inferd.conf")],
                                 env=env, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
     return DaemonProcess(proc, notify, log_path).wait_ready(timeout=120)
+
+
+def keys_and_cache(soak: Soak, metrics: dict, cache_bytes: int) -> list[str]:
+    """Print the cache's and the keys' figures; the problems among them."""
+    problems = []
+    cache = metrics.get("cache", {})
+    if cache_bytes:
+        print(f"cache: {cache.get('hits')} hits, {cache.get('misses')} misses (hit ratio {cache.get('hit_ratio') or 0:.2f}), "
+              f"{cache.get('evictions')} evictions, {cache.get('entries')} entries, {cache.get('bytes')} of "
+              f"{cache_bytes} bytes")
+        if (cache.get("bytes") or 0) > cache_bytes:
+            problems.append(f"the cache holds {cache['bytes']} bytes, over its {cache_bytes}")
+        answers = soak.book.rows["cache duplicates"].answers
+        if answers["200 hit"] <= answers["200 miss"]:
+            problems.append(f"cache duplicates: more misses than hits ({dict(answers)})")
+    if soak.keys:
+        print("keys: " + "; ".join(f"{name} {counts}" for name, counts in sorted(metrics.get("keys", {}).items())))
+        greedy = soak.book.rows["keyed over its limit"].answers
+        limits = KEYS["greedy"]
+        allowed = limits["burst"] + limits["rate"] * (soak.greedy_ended - soak.greedy_began) + 1
+        if greedy[200] > allowed or not greedy[429]:
+            problems.append(f"keyed over its limit: {greedy[200]} answered 200 (the bucket allows {allowed:.0f}), "
+                            f"{greedy[429]} refused")
+    return problems
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -526,6 +660,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-rss-mb", type=float, default=1024.0)
     parser.add_argument("--reload-every", type=int, default=8, help="token reload every N admin rounds (2 s); 0: never")
     parser.add_argument("--seed", type=int, default=6)
+    parser.add_argument("--no-keys", action="store_true", help="API keys off (no keyed rows)")
+    parser.add_argument("--cache-bytes", type=int, default=CACHE_BYTES, help="[cache] max_bytes; 0: off")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="inferd-soak-") as tmp:
@@ -540,13 +676,15 @@ def main(argv: list[str] | None = None) -> int:
             model_dir, kind = Path(args.model).resolve(), "photos"
         images = good_images(kind)
         token = secrets.token_urlsafe(16)
-        daemon = start_daemon(model_dir, workdir, token)
+        keys = {} if args.no_keys else write_keys(workdir / "keys")
+        daemon = start_daemon(model_dir, workdir, token, None if args.no_keys else workdir / "keys", args.cache_bytes)
         print(f"soak: {args.seconds:.0f}s against {daemon.url} (pid {daemon.proc.pid}, model {model_dir.name}); "
-              f"{args.good} good, {args.bad} bad clients, {args.slow} slow, {args.idle} idle connections", flush=True)
-        soak = Soak(daemon.url, daemon.proc.pid, images, token, time.monotonic() + args.seconds, args.seed)
+              f"{args.good} good, {args.bad} bad clients, {args.slow} slow, {args.idle} idle connections; API keys "
+              f"{'off' if args.no_keys else 'on'}, cache {args.cache_bytes} bytes", flush=True)
+        soak = Soak(daemon.url, daemon.proc.pid, images, token, time.monotonic() + args.seconds, args.seed, keys)
         soak.reload_every = args.reload_every
         try:
-            soak.run(args.good, args.bad, args.slow, args.idle)
+            soak.run(args.good, args.bad, args.slow, args.idle, args.cache_bytes > 0)
             alive = daemon.proc.poll() is None
             final = requests.get(f"{daemon.url}/health", timeout=10).status_code if alive else None
             metrics = requests.get(f"{daemon.url}/metrics", timeout=10).json() if alive else {}
@@ -574,6 +712,7 @@ def main(argv: list[str] | None = None) -> int:
             problems.append(f"RSS peak {peak / 2**20:.0f} MiB over --max-rss-mb {args.max_rss_mb:.0f}")
         if not soak.book.rows["good /infer multipart"].sent:
             problems.append("no good request was sent")
+        problems += keys_and_cache(soak, metrics, args.cache_bytes)
         log_text = daemon.log()
         if "Traceback" in log_text or "internal error" in log_text:
             problems.append("the daemon logged an internal error:\n" + log_text[-3000:])

@@ -22,7 +22,9 @@ def test_short_soak_passes(default_model_dir):
     print(result.stdout)  # the table, shown with -s or on failure
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert "soak passed" in result.stdout
+    assert "\ncache: " in result.stdout and "\nkeys: " in result.stdout
     for row in ("good /infer multipart", "good /infer absolute-form", "bad decompression bomb", "bad tiny chunks",
                 "bad jpeg cut and closed", "slow head trickle", "idle connection", "admin reload with token",
-                "pipelined /health"):
+                "pipelined /health", "keyed below its limit", "keyed over its limit", "keyed unknown key",
+                "cache duplicates"):
         assert row in result.stdout, row
