@@ -1,6 +1,6 @@
 """`make bench` = `python -m bench.run`: the whole comparison, one table, results under bench-results/.
 
-    python -m bench.run [--only throughput|memory|startup|peers|int8 ...] [--seconds 2] [--rounds 3]
+    python -m bench.run [--only throughput|memory|startup|models|protocols|cache|peers|int8 ...] [--seconds 2] [--rounds 3]
                         [--models resnet50 ...] [--peer-seconds 3]
 
 `make bench-peers` = `python -m bench.run --only peers`: the peer table alone (bench/peer_table.py).
@@ -23,7 +23,7 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # the limit runs onnxruntim
 from . import images, report, servers, throughput  # noqa: E402
 from .progress import progress  # noqa: E402
 
-PARTS = ("throughput", "memory", "startup", "models", "protocols", "peers", "int8")
+PARTS = ("throughput", "memory", "startup", "models", "protocols", "cache", "peers", "int8")
 RESULTS = servers.REPO / "bench-results"
 
 
@@ -78,12 +78,16 @@ def main(argv: list[str] | None = None) -> int:
             result = startup.run(workdir)
             checks += result.pop("checks")
             extra["startup"] = result
-        for part in ("models", "protocols"):
+        for part in ("models", "protocols", "cache"):
             if part in args.only:
                 module = importlib.import_module(f"bench.{part}")
                 result = module.run(pictures, workdir, seconds=args.seconds + 1.0, rounds=args.rounds)
                 checks += result.pop("checks")
                 extra[part] = result
+        if "cache" in args.only:
+            from . import cache
+            sections.append(("the response cache, off and on, 4 connections (median of rounds):",
+                             cache.rows(extra["cache"]), cache.COLUMNS))
         if "peers" in args.only:
             from . import peer_table
             settings = peer_table.Settings(seconds=args.peer_seconds, rounds=args.rounds,

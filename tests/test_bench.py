@@ -46,6 +46,21 @@ def test_count_mode_sends_exactly_count_requests_over_keep_alive(server, images)
     assert _served(server, 25) == 25  # and the server answered exactly those
 
 
+def test_a_list_of_bodies_is_sent_in_turn(serve, tiny_model_dir):
+    """Three photos under one boundary, nine requests: each photo three times (the cache counts
+    three misses and six hits), the bench's cache part in small."""
+    from bench.cache import changed_pixels, distinct_photos
+
+    photos = distinct_photos(3)
+    assert len(set(photos + changed_pixels(photos[0], 5))) == 8
+    bodies = [bench.multipart_body(photo, "p.jpg", boundary="b0undary") for photo in photos]
+    server = serve(config_for(tiny_model_dir, cache={"max_bytes": 1 << 20}))
+    tally = bench.run_load(server.url, [body for _, body in bodies], bodies[0][0], connections=3, count=9)
+    assert tally.statuses == {200: 9}
+    view = server.daemon.metrics.snapshot_json()["cache"]
+    assert (view["misses"], view["hits"]) == (3, 6)
+
+
 def test_duration_mode_stops_after_the_duration(server, images):
     content_type, body = bench.multipart_body(images["cat.jpg"], "cat.jpg")
     tally = bench.run_load(server.url, body, content_type, connections=2, duration=0.5)

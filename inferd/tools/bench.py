@@ -38,9 +38,10 @@ MAX_ANSWER_HEAD = 65536
 
 # -- requests -------------------------------------------------------------------------------------
 
-def multipart_body(data: bytes, filename: str, field_name: str = "file") -> tuple[str, bytes]:
-    """(Content-Type, body) of a multipart/form-data request carrying `data` as one file part."""
-    boundary = uuid.uuid4().hex
+def multipart_body(data: bytes, filename: str, field_name: str = "file", boundary: str = "") -> tuple[str, bytes]:
+    """(Content-Type, body) of a multipart/form-data request carrying `data` as one file part
+    (bodies sent under one Content-Type by run_load share a `boundary`; default: a new one)."""
+    boundary = boundary or uuid.uuid4().hex
     head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field_name}\"; "
             f"filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n").encode()
     return f"multipart/form-data; boundary={boundary}", head + data + f"\r\n--{boundary}--\r\n".encode()
@@ -168,11 +169,12 @@ class _Budget:
             return self.left >= 0
 
 
-def run_load(url: str, body: bytes, content_type: str, *, connections: int = 1, count: int | None = None,
-             duration: float | None = None, path: str = "/infer", timeout: float = 60.0,
+def run_load(url: str, body: bytes | list[bytes], content_type: str, *, connections: int = 1,
+             count: int | None = None, duration: float | None = None, path: str = "/infer", timeout: float = 60.0,
              headers: dict | None = None) -> Tally:
-    """POST `body` over `connections` keep-alive connections until `count` requests were sent or
-    `duration` seconds passed (whichever is given; both: whichever comes first).
+    """POST `body` (or each of a list of bodies in turn, across the connections, round and round)
+    over `connections` keep-alive connections until `count` requests were sent or `duration`
+    seconds passed (whichever is given; both: whichever comes first).
 
     Never raises for a failed request: connection errors are counted by exception type (and the
     connection is reopened), HTTP errors by status. Raises ValueError without count and duration.
@@ -180,7 +182,9 @@ def run_load(url: str, body: bytes, content_type: str, *, connections: int = 1, 
     if count is None and duration is None:
         raise ValueError("give a request count or a duration")
     budget, tally = _Budget(count, duration), Tally()
-    args = (url, prepared_request(url, path, body, content_type, headers), timeout, budget, tally)
+    bodies = body if isinstance(body, list) else [body]
+    prepared = _Turns([prepared_request(url, path, b, content_type, headers) for b in bodies])
+    args = (url, prepared, timeout, budget, tally)
     threads = [threading.Thread(target=_connection_loop, args=args, daemon=True) for _ in range(connections)]
     started = time.monotonic()
     for thread in threads:
@@ -191,11 +195,23 @@ def run_load(url: str, body: bytes, content_type: str, *, connections: int = 1, 
     return tally
 
 
-def _connection_loop(url: str, request: bytes, timeout, budget: _Budget, tally: Tally) -> None:
+class _Turns:
+    """Prepared requests handed out in turn to every connection (itertools.count is atomic)."""
+
+    def __init__(self, requests: list[bytes]):
+        self.requests = requests
+        self._next = itertools.count()
+
+    def take(self) -> bytes:
+        return self.requests[next(self._next) % len(self.requests)]
+
+
+def _connection_loop(url: str, turns: _Turns, timeout, budget: _Budget, tally: Tally) -> None:
     """One client connection: send, read the whole answer, repeat; reconnect after any error.
     A request's time includes connecting when it opened the connection."""
     connection = None
     while budget.take():
+        request = turns.take()
         started = time.perf_counter()
         try:
             connection = connection or Connection(url, timeout)
