@@ -87,7 +87,11 @@ def new_key() -> str:
 
 def key_hash(key: str) -> str:
     """What the keys file holds of a key: "sha256:<hex>"."""
-    return "sha256:" + hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()
+    return "sha256:" + _digest(key).hex()
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "replace")).digest()
 
 
 @dataclass(frozen=True)
@@ -308,7 +312,7 @@ class Access:
 
     def _keyed(self, keys, presented: str | None) -> Caller:
         """The caller of the key, compared in constant time against every key held."""
-        digest = hashlib.sha256((presented or "").encode("utf-8", "replace")).digest()
+        digest = _digest(presented or "")
         found = None
         for key, caller in keys:
             if hmac.compare_digest(key.digest, digest):

@@ -128,14 +128,7 @@ class Lease:
         does not answer go to the batcher together. Raises as classify does, and the caller's
         keys.Limited (429) or TooManyImages (413) before any image is looked at."""
         self._charge(len(images))
-        if self.cache is None:
-            return self._compute(images)
-        started = time.monotonic()
-        context = answer_context(self.config, self.loaded)
-        lookups = [self.cache.begin(hashlib.sha256(context + data).digest()) for data in images]
-        leading = [i for i, lookup in enumerate(lookups) if lookup.leads]
-        computed = dict(zip(leading, self._lead([lookups[i] for i in leading], [images[i] for i in leading], context)))
-        return [computed[i] if i in computed else self._follow(lookup, started) for i, lookup in enumerate(lookups)]
+        return self._compute(images) if self.cache is None else self._through_cache(images)
 
     def score_tensors(self, tensors) -> list[Scores]:
         """Scores of preprocessed tensors (each in the model's input shape), through the batcher;
@@ -151,6 +144,17 @@ class Lease:
         results: list = [self._preprocess(data) for data in images]
         scored = iter(self._score_tensors([r for r in results if not isinstance(r, Exception)]))
         return [r if isinstance(r, Exception) else next(scored) for r in results]
+
+    def _through_cache(self, images: list[bytes]) -> list[Scores | ImageError]:
+        """Each image looked up by its bytes (and what else decides its answer) before any is
+        decoded; this request computes the ones nobody has or is computing, together."""
+        started = time.monotonic()
+        context = answer_context(self.config, self.loaded)
+        lookups = [self.cache.begin(_image_key(context, data)) for data in images]
+        leading = [i for i, lookup in enumerate(lookups) if lookup.leads]
+        led = self._lead([lookups[i] for i in leading], [images[i] for i in leading], context)
+        computed = dict(zip(leading, led))
+        return [computed[i] if i in computed else self._follow(lookup, started) for i, lookup in enumerate(lookups)]
 
     def _lead(self, lookups: list[Lookup], images: list[bytes], context: bytes) -> list[Scores | ImageError]:
         """Compute the images this request leads and end their flights: scores are stored,
@@ -217,6 +221,12 @@ def answer_context(config: Config, loaded: LoadedModel) -> bytes:
     decided_by = (loaded.name, loaded.version, loaded.model.sha256, loaded.model.manifest,
                   sorted(limits.allowed_formats), limits.max_image_pixels, limits.max_decode_bytes)
     return hashlib.sha256(repr(decided_by).encode()).digest()
+
+
+def _image_key(context: bytes, data: bytes) -> bytes:
+    digest = hashlib.sha256(context)
+    digest.update(data)  # not context + data: that would copy the image
+    return digest.digest()
 
 
 def _frozen(scores: np.ndarray) -> np.ndarray:
