@@ -73,9 +73,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(first.logging.level)
     if args.check_config:
-        print(f"inferd: configuration OK ({first.source})")
-        return 0
+        return check(first)
     return run(load)
+
+
+def check(settings: config.Config) -> int:
+    """--check-config: the configuration and the keys file it names; 0 when both are usable."""
+    from .keys import configured_keys
+
+    try:
+        keys = configured_keys(settings)
+    except ConfigError as exc:
+        print(f"inferd: keys file error:\n{exc}", file=sys.stderr)
+        return 2
+    found = "" if keys is None else f", {len(keys)} API keys"
+    print(f"inferd: configuration OK ({settings.source}{found})")
+    return 0
 
 
 def run(load) -> int:

@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import keys as keys_file
 from . import libc, loading
 from .config import Config, ConfigError, restart_only_changes
 from .control import Control, ReloadRequest
 from .batcher import RunGate
 from .http.router import Router
+from .keys import configured_keys
 from .imaging import codec_log
 from .http.server import HttpServer
 from .metrics import InferdMetrics, LoadedVersion
@@ -78,7 +78,7 @@ class Daemon:
     def open(self, config: Config, sockets=()) -> None:
         """Load and warm the models and open the HTTP server on `config`'s address (or the first
         of systemd's sockets); nothing is served until serve_forever runs."""
-        keys = load_keys(config)
+        keys = configured_keys(config)
         outcome = loading.load(config, self.metrics, gate=self.gate)
         _require_default(outcome)
         for name, reason in sorted(outcome.failures.items()):
@@ -131,7 +131,7 @@ class Daemon:
             for key in restart_only_changes(self.service.config, config):
                 log.warning("%s changes take effect at the next restart, not on reload", key)
             # Before any model, so that a bad keys file changes nothing; one model's reload keeps them.
-            keys = load_keys(config) if only is None else self.service.keys
+            keys = configured_keys(config) if only is None else self.service.keys
             outcome = loading.load(config, self.metrics, self.repository.loaded(), only, self.gate)
             _require_default(outcome)
         except (ConfigError, ModelError) as exc:
@@ -210,15 +210,6 @@ class Daemon:
             temporary.replace(target)
         except OSError as exc:
             log.warning("cannot write %s: %s", target, exc)
-
-
-def load_keys(config: Config) -> list[keys_file.Key] | None:
-    """The keys of [auth] keys_file (None: keys are off); raises keys.KeysFileError (a ConfigError)."""
-    path = config.keys_path()
-    if path is None:
-        return None
-    auth = config.auth
-    return keys_file.load_keys(path, keys_file.Limits(auth.rate, auth.burst, auth.images_rate, auth.images_burst))
 
 
 def _require_default(outcome: loading.Outcome) -> None:

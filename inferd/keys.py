@@ -192,6 +192,16 @@ def load_keys(path: Path, defaults: Limits) -> list[Key]:
             for line in parse_keys(text, str(path))]
 
 
+def configured_keys(config) -> list[Key] | None:
+    """The keys of a Config's [auth] keys_file, its defaults applied; None when keys are off.
+    Raises KeysFileError."""
+    path = config.keys_path()
+    if path is None:
+        return None
+    auth = config.auth
+    return load_keys(path, Limits(auth.rate, auth.burst, auth.images_rate, auth.images_burst))
+
+
 # -- token buckets ---------------------------------------------------------------------------------
 
 class TokenBucket:

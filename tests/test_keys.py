@@ -421,3 +421,17 @@ def test_the_config_names_its_keys_file_relative_to_itself(tmp_path):
     assert config.load(tmp_path / "inferd.conf").keys_path() == tmp_path / "keys"
     assert config.parse("").keys_path() is None
     assert os.path.isabs(str(config.load(tmp_path / "inferd.conf").keys_path()))
+
+
+def test_check_config_reads_the_keys_file(tmp_path):
+    keys_file(tmp_path / "keys", alice={}, bob={})
+    (tmp_path / "inferd.conf").write_text("[auth]\nkeys_file = keys\n")
+
+    def check():
+        return subprocess.run([sys.executable, "-m", "inferd", "--config", str(tmp_path / "inferd.conf"),
+                               "--check-config"], capture_output=True, text=True, timeout=60)
+    good = check()
+    assert good.returncode == 0 and "2 API keys" in good.stdout
+    (tmp_path / "keys").write_text("alice nothing\n")
+    bad = check()
+    assert bad.returncode == 2 and "keys:1: key alice" in bad.stderr
