@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from ..http.errors import HTTPError
 from ..http.messages import Request, Response
 from ..metrics import negotiate
-from ..service import Classification, Lease, cache_state
+from ..service import Classification, Lease
+from .cached import cache_header
 from .uploads import parse_top_k, upload_kind, uploads
 
 
@@ -60,11 +61,6 @@ def infer_batch(request: Request, context) -> Response:
         **_served_by(admitted.lease), "results": entries,
     }, cache_header(results))
 
-
-def cache_header(results: list) -> dict:
-    """X-Cache: hit, miss or partial (some images of a batch from the cache); none with the cache off."""
-    state = cache_state(results)
-    return {"X-Cache": state} if state else {}
 
 
 def _served_by(lease: Lease) -> dict:

@@ -15,7 +15,7 @@ from ..http.errors import HTTPError
 from ..http.messages import Request, Response
 from ..repository import LoadedModel
 from . import oip
-from .native import cache_header
+from .cached import cache_header
 
 EXTENSIONS = ["binary_tensor_data", "classification"]
 JSON_BYTES_COST = 16  # bytes of Python objects per byte of JSON at most (a list of "0,")
