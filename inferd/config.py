@@ -73,6 +73,13 @@ def _formats(text: str) -> frozenset[str]:
     return names
 
 
+def _providers(text: str) -> tuple[str, ...]:
+    names = tuple(text.replace(",", " ").split())
+    if not names or not all(name.endswith("ExecutionProvider") for name in names):
+        raise ValueError("list onnxruntime execution providers, e.g. CUDAExecutionProvider CPUExecutionProvider")
+    return names
+
+
 def _log_level(text: str) -> str:
     if text.lower() not in {"debug", "info", "warning", "error"}:
         raise ValueError("must be debug, info, warning or error")
@@ -138,6 +145,8 @@ class ModelConfig:
     top_k: int = setting(5, _positive_int)
     intra_op_threads: int = setting(0, _non_negative_int)
     inter_op_threads: int = setting(1, _positive_int)
+    providers: tuple = setting(("CPUExecutionProvider",), _providers)
+    provider_fallback: bool = setting(False, _boolean)
 
 
 @dataclass(frozen=True)

@@ -174,8 +174,8 @@ class Daemon:
         return 0
 
     def _publish(self, config: Config) -> None:
-        versions = [LoadedVersion(m.name, m.version, m.model.sha256, m.loaded_at, m.batcher.depth)
-                    for m in self.repository.loaded()]
+        versions = [LoadedVersion(m.name, m.version, m.model.sha256, m.loaded_at, m.batcher.depth,
+                                  tuple(m.model.providers())) for m in self.repository.loaded()]
         self.metrics.set_models(versions, self.repository.default)
         logging.getLogger("inferd").setLevel(config.logging.level.upper())
 

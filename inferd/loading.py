@@ -46,7 +46,8 @@ class Source:
                 digest.update(path.read_bytes())
             except OSError as exc:
                 digest.update(f"unreadable {path}: {exc}".encode())
-        digest.update(repr((config.model.intra_op_threads, config.model.inter_op_threads, config.batching)).encode())
+        digest.update(repr((config.model.intra_op_threads, config.model.inter_op_threads, config.model.providers,
+                            config.model.provider_fallback, config.batching)).encode())
         return digest.hexdigest()
 
 
@@ -116,7 +117,8 @@ def load_version(source: Source, config: Config, metrics, fingerprint: str = "",
     model = model_module.load(
         source.manifest.parent, source.onnx, source.labels, manifest_file=source.manifest,
         intra_op_threads=config.model.intra_op_threads, inter_op_threads=config.model.inter_op_threads,
-        warmup_batch=batching.max_batch_size,
+        warmup_batch=batching.max_batch_size, providers=config.model.providers,
+        provider_fallback=config.model.provider_fallback,
     )
     observed = metrics.for_version(source.name, source.version) if metrics is not None else None
     batcher = Batcher(model, max_batch_size=batching.max_batch_size, max_queue_delay_ms=batching.max_queue_delay_ms,

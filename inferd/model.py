@@ -16,11 +16,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from . import libc
+from . import libc, providers as providers_module
 from .imaging.preprocess import FILTERS, InputSpec
-
-PROVIDER = "CPUExecutionProvider"
-
 
 class ModelError(RuntimeError):
     """The model directory cannot be served; the message says which file and why."""
@@ -146,9 +143,14 @@ class Model:
         best = best[np.argsort(-scores[best], kind="stable")]
         return [Prediction(self.labels[i], int(i), round(float(scores[i]), 6)) for i in best]
 
+    def providers(self) -> list[str]:
+        """The execution providers the session runs on, in order."""
+        return self.session.get_providers()
+
     def describe(self) -> dict:
         return {"name": self.name, "sha256": self.sha256, "labels": len(self.labels),
-                "input": list(self.input_shape()), "layout": self.manifest.input.layout}
+                "input": list(self.input_shape()), "layout": self.manifest.input.layout,
+                "providers": self.providers()}
 
 
 def _free_and_trim(session_box: list) -> None:
@@ -169,12 +171,17 @@ def softmax(scores: np.ndarray) -> np.ndarray:
 
 
 def load(model_dir: Path, model_file: Path, labels_file: Path, *, manifest_file: Path | None = None,
-         intra_op_threads: int = 0, inter_op_threads: int = 1, warmup_batch: int = 1) -> Model:
+         intra_op_threads: int = 0, inter_op_threads: int = 1, warmup_batch: int = 1,
+         providers: tuple[str, ...] = (providers_module.CPU,), provider_fallback: bool = False) -> Model:
     """Load, check and warm up a model; raises ModelError with a reason an operator can act on."""
     manifest = read_manifest(manifest_file or model_dir / "model.ini")
     labels = read_labels(labels_file)
     data = _read_model_bytes(model_file)
-    session = _session(data, model_file, intra_op_threads or available_cores(), inter_op_threads)
+    try:
+        choice = providers_module.choose(providers, provider_fallback)
+    except providers_module.ProviderError as exc:
+        raise ModelError(f"{model_file}: {exc}") from None
+    session = _session(data, model_file, intra_op_threads or available_cores(), inter_op_threads, choice)
     model = Model(manifest, labels, session, hashlib.sha256(data).hexdigest(), model_file)
     _check_shapes(model, model_file)
     warm_up(model, warmup_batch)
@@ -195,9 +202,7 @@ def _read_model_bytes(path: Path) -> bytes:
         raise ModelError(f"{path}: cannot read model: {exc.strerror or exc}") from None
 
 
-def _session(data: bytes, path: Path, intra: int, inter: int) -> ort.InferenceSession:
-    if PROVIDER not in ort.get_available_providers():
-        raise ModelError(f"onnxruntime has no {PROVIDER}")
+def _session(data: bytes, path: Path, intra: int, inter: int, choice) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra
     options.inter_op_num_threads = inter
@@ -210,7 +215,8 @@ def _session(data: bytes, path: Path, intra: int, inter: int) -> ort.InferenceSe
     # after a pause, is smallest when the decoding thread runs the model itself (batcher.py).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        return ort.InferenceSession(data, sess_options=options, providers=[PROVIDER])
+        return ort.InferenceSession(data, sess_options=options,
+                                    providers=providers_module.session_options(options, choice))
     except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs
         raise ModelError(f"{path}: onnxruntime cannot load it: {str(exc).splitlines()[0][:300]}") from None
 
