@@ -165,6 +165,9 @@ class BatchingConfig:
     max_queue_delay_ms: float = setting(0.0, _non_negative_float)
     max_queue_size: int = setting(128, _positive_int)
     request_timeout: float = setting(30.0, _positive_float)
+    # Batches in a model at once, across all models (inference threads per model); each session
+    # then gets cores / inference_workers intra-op threads unless [model] intra_op_threads says.
+    inference_workers: int = setting(1, _positive_int, restart=True)
 
 
 @dataclass(frozen=True)

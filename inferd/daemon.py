@@ -45,7 +45,7 @@ class Daemon:
         self.metrics = InferdMetrics(self.router.labels(), self.router.inference_labels())
         self.control = Control()
         self.repository = Repository()
-        self.gate = RunGate()  # one model run at a time, across models
+        self.gate: RunGate | None = None  # batches in a model at once, across models
         self.service: Service | None = None
         self.server: HttpServer | None = None
         self._reload_generation = 0
@@ -77,6 +77,7 @@ class Daemon:
     def open(self, config: Config, sockets=()) -> None:
         """Load and warm the models and open the HTTP server on `config`'s address (or the first
         of systemd's sockets); nothing is served until serve_forever runs."""
+        self.gate = RunGate(config.batching.inference_workers)
         outcome = loading.load(config, self.metrics, gate=self.gate)
         _require_default(outcome)
         for name, reason in sorted(outcome.failures.items()):
