@@ -147,6 +147,7 @@ class ModelConfig:
     inter_op_threads: int = setting(1, _positive_int)
     providers: tuple = setting(("CPUExecutionProvider",), _providers)
     provider_fallback: bool = setting(False, _boolean)
+    optimized_cache: str = setting("", _text)
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,14 @@ class Config:
     def model_file(self) -> Path:
         return _resolve(self.model.onnx_file, self.source) if self.model.onnx_file else self.model_dir() / "model.onnx"
 
+    def optimized_cache_dir(self, env: Mapping[str, str] = os.environ) -> Path | None:
+        """Where optimised graphs are kept: [model] optimized_cache, else systemd's
+        $CACHE_DIRECTORY (CacheDirectory=), else nowhere."""
+        if self.model.optimized_cache:
+            return _resolve(self.model.optimized_cache, self.source)
+        directory = env.get("CACHE_DIRECTORY", "").split(":")[0]
+        return Path(directory) if directory else None
+
     def repository_dir(self) -> Path | None:
         """The model repository, or None when the config serves the one model of [model] path."""
         return _resolve(self.models.repository, self.source) if self.models.repository else None
@@ -242,7 +251,8 @@ RESTART_ONLY: tuple[tuple[str, str], ...] = tuple(
     (section, f.name) for section, cls in SECTIONS.items() for f in fields(cls) if f.metadata["restart"]
 )
 
-PATH_KEYS = {("model", "path"), ("model", "onnx_file"), ("model", "labels_file"), ("models", "repository")}
+PATH_KEYS = {("model", "path"), ("model", "onnx_file"), ("model", "labels_file"), ("model", "optimized_cache"),
+             ("models", "repository")}
 
 # The reference design's variables, kept so its deployments move over unchanged.
 LEGACY_ENV = {

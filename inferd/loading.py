@@ -120,7 +120,7 @@ def load_version(source: Source, config: Config, metrics, fingerprint: str = "",
         source.manifest.parent, source.onnx, source.labels, manifest_file=source.manifest,
         intra_op_threads=intra, inter_op_threads=config.model.inter_op_threads,
         warmup_batch=batching.max_batch_size, providers=config.model.providers,
-        provider_fallback=config.model.provider_fallback,
+        provider_fallback=config.model.provider_fallback, optimized_cache=config.optimized_cache_dir(),
     )
     observed = metrics.for_version(source.name, source.version) if metrics is not None else None
     batcher = Batcher(model, max_batch_size=batching.max_batch_size, max_queue_delay_ms=batching.max_queue_delay_ms,

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from . import libc, providers as providers_module
+from . import libc, optimized, providers as providers_module
 from .imaging.preprocess import FILTERS, InputSpec
 
 class ModelError(RuntimeError):
@@ -172,8 +172,10 @@ def softmax(scores: np.ndarray) -> np.ndarray:
 
 def load(model_dir: Path, model_file: Path, labels_file: Path, *, manifest_file: Path | None = None,
          intra_op_threads: int = 0, inter_op_threads: int = 1, warmup_batch: int = 1,
-         providers: tuple[str, ...] = (providers_module.CPU,), provider_fallback: bool = False) -> Model:
-    """Load, check and warm up a model; raises ModelError with a reason an operator can act on."""
+         providers: tuple[str, ...] = (providers_module.CPU,), provider_fallback: bool = False,
+         optimized_cache: Path | None = None) -> Model:
+    """Load, check and warm up a model; raises ModelError with a reason an operator can act on.
+    With `optimized_cache`, onnxruntime's optimised graph is kept there (optimized.py)."""
     manifest = read_manifest(manifest_file or model_dir / "model.ini")
     labels = read_labels(labels_file)
     data = _read_model_bytes(model_file)
@@ -181,7 +183,8 @@ def load(model_dir: Path, model_file: Path, labels_file: Path, *, manifest_file:
         choice = providers_module.choose(providers, provider_fallback)
     except providers_module.ProviderError as exc:
         raise ModelError(f"{model_file}: {exc}") from None
-    session = _session(data, model_file, intra_op_threads or available_cores(), inter_op_threads, choice)
+    session = _session(data, model_file, intra_op_threads or available_cores(), inter_op_threads, choice,
+                       optimized_cache)
     model = Model(manifest, labels, session, hashlib.sha256(data).hexdigest(), model_file)
     _check_shapes(model, model_file)
     warm_up(model, warmup_batch)
@@ -202,7 +205,7 @@ def _read_model_bytes(path: Path) -> bytes:
         raise ModelError(f"{path}: cannot read model: {exc.strerror or exc}") from None
 
 
-def _session(data: bytes, path: Path, intra: int, inter: int, choice) -> ort.InferenceSession:
+def _session(data: bytes, path: Path, intra: int, inter: int, choice, cache: Path | None) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra
     options.inter_op_num_threads = inter
@@ -214,9 +217,11 @@ def _session(data: bytes, path: Path, intra: int, inter: int, choice) -> ort.Inf
     # and cost up to a quarter of the throughput under load. The price, a slower first operator
     # after a pause, is smallest when the decoding thread runs the model itself (batcher.py).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    providers = providers_module.session_options(options, choice)
     try:
-        return ort.InferenceSession(data, sess_options=options,
-                                    providers=providers_module.session_options(options, choice))
+        if cache is not None and providers == [providers_module.CPU]:
+            return optimized.session(data, options, providers, optimized.cache_file(cache, data, intra, inter))
+        return ort.InferenceSession(data, sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs
         raise ModelError(f"{path}: onnxruntime cannot load it: {str(exc).splitlines()[0][:300]}") from None
 
