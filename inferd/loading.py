@@ -78,6 +78,7 @@ def load(config: Config, metrics, current: list[LoadedModel] = (), only: str | N
             continue
         kept = [m for m in current if m.name == name]
         loaded, reason = _load_model([s for s in sources if s.name == name], by_key, config, metrics, gate)
+        reason = reason or failures.get(name)  # found but not loadable (its policy, its name)
         if reason is None:
             outcome.models.extend(loaded)
         else:
