@@ -6,8 +6,9 @@ The inference thread runs the batches, except one from a user that is alone (no 
 the batcher, nothing is queued or running, no delay to wait for company): its submitter runs it.
 Handing a lone image to a sleeping thread costs a wake-up, and on 2 cores onnxruntime's worker
 then often lands on the caller's core and the two share it: up to 7 ms more for one
-EfficientNet-Lite0 run (README.md, "Performance"). Under load the inference thread keeps running
-batch after batch without a hand-off. Either way only one batch is in `model.run` at a time.
+EfficientNet-Lite0 run (README.md, "Performance"). Under load the inference threads keep running
+batch after batch without a hand-off. At most `workers` batches are in `model.run` at once (one
+per inference thread; the lone submitter's run only when none is).
 """
 
 from __future__ import annotations
@@ -46,24 +47,27 @@ class Batcher:
     """Collects tensors into batches for `model.run`; resolves each future with its row of scores."""
 
     def __init__(self, model, *, max_batch_size: int, max_queue_delay_ms: float, max_queue_size: int,
-                 metrics=None, gate: "RunGate | None" = None):
+                 metrics=None, gate: "RunGate | None" = None, workers: int = 1):
         self.model = model
         self.max_batch_size = max_batch_size
         self.max_delay = max_queue_delay_ms / 1000.0
         self.max_queue_size = max_queue_size
         self.metrics = metrics  # observe_queue_wait(seconds), observe_batch(size, seconds)
-        self.gate = gate or RunGate()
+        self.gate = gate or RunGate(workers)
+        self.workers = workers
         self._queue: collections.deque[_Item] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
-        self._running = False  # a batch is in model.run, on the inference thread or its submitter's
+        self._running = 0  # batches in model.run, on inference threads or a submitter's
+        self._in_model: dict[int, float] = {}  # thread id -> when its batch entered model.run
         self._users = 0  # holders of user(): requests that may submit
         self._users_changed = threading.Condition()
-        self.heartbeat = time.monotonic()
-        self._thread = threading.Thread(target=self._loop, name=f"inference-{model.name}", daemon=True)
+        self._threads = [threading.Thread(target=self._loop, name=f"inference-{model.name}", daemon=True)
+                         for _ in range(workers)]
 
     def start(self) -> "Batcher":
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def depth(self) -> int:
@@ -106,7 +110,7 @@ class Batcher:
                 raise QueueFull(f"inference queue is full ({self.max_queue_size} images)")
             run_here = alone and self._closes_at_once(len(items))
             if run_here:
-                self._running = True
+                self._running += 1
             else:
                 self._queue.extend(items)
                 self._cond.notify()
@@ -119,19 +123,23 @@ class Batcher:
         return not self._queue and not self._running and count <= self.max_batch_size and (full or not self.max_delay)
 
     def stop(self, timeout: float | None = None) -> None:
-        """Refuse new work, finish everything queued, and end the thread (within `timeout`)."""
+        """Refuse new work, finish everything queued, and end the threads (within `timeout`)."""
         with self._cond:
             self._stopping = True
-            self._cond.notify()
-        self._thread.join(timeout)
+            self._cond.notify_all()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def alive(self, stall_after: float) -> bool:
-        """True while the thread runs and no batch has been in model.run for `stall_after` seconds."""
-        return self._thread.is_alive() and time.monotonic() - self.heartbeat < stall_after
+        """True while the threads run and no batch has been in model.run for `stall_after` seconds."""
+        now = time.monotonic()
+        stuck = any(now - since >= stall_after for since in list(self._in_model.values()))
+        return all(thread.is_alive() for thread in self._threads) and not stuck
 
     def running(self) -> bool:
-        """True while a batch is in model.run, or the inference thread has not ended."""
-        return self._running or self._thread.is_alive()
+        """True while a batch is in model.run, or an inference thread has not ended."""
+        return bool(self._running) or any(thread.is_alive() for thread in self._threads)
 
     def _loop(self) -> None:
         while True:
@@ -142,11 +150,9 @@ class Batcher:
 
     def _next_batch(self) -> list[_Item] | None:
         with self._cond:
-            while not self._queue or self._running:
+            while not self._queue or self._running >= self.workers:
                 if self._stopping and not self._queue:
                     return None
-                if not self._running:  # a run that never returns must stop the heartbeat
-                    self.heartbeat = time.monotonic()
                 self._cond.wait(timeout=1.0)
             deadline = self._queue[0].queued_at + self.max_delay
             while len(self._queue) < self.max_batch_size and not self._stopping:
@@ -155,7 +161,7 @@ class Batcher:
                     break
                 self._cond.wait(timeout=remaining)
             count = min(self.max_batch_size, len(self._queue))
-            self._running = True
+            self._running += 1
             return [self._queue.popleft() for _ in range(count)]
 
     def _run_and_release(self, batch: list[_Item]) -> None:
@@ -163,23 +169,26 @@ class Batcher:
             self._run(batch)
         finally:
             with self._cond:
-                self._running = False
-                self._cond.notify()
+                self._running -= 1
+                self._cond.notify_all()
 
     def _run(self, batch: list[_Item]) -> None:
         tensors = np.stack([item.tensor for item in batch])
+        me = threading.get_ident()
         try:
             with self.gate.turn():
                 started = time.monotonic()
-                self.heartbeat = started
-                scores = self.model.run(tensors)
+                self._in_model[me] = started
+                try:
+                    scores = self.model.run(tensors)
+                finally:
+                    del self._in_model[me]
         except Exception as exc:
             log.exception("inference failed for a batch of %d", len(batch))
             for item in batch:
                 item.future.set_exception(exc)
             return
         finished = time.monotonic()
-        self.heartbeat = finished
         self._observe(batch, started, finished)
         for item, row in zip(batch, scores):
             item.future.set_result(row)
@@ -193,24 +202,29 @@ class Batcher:
 
 
 class RunGate:
-    """One batch in a model at a time across every batcher that shares the gate, in the order they
-    asked (a ticket lock): a session uses all the cores it is given, so two models under load take
-    turns instead of oversubscribing the cores, and neither can starve the other."""
+    """At most `permits` batches in a model at once across every batcher that shares the gate, in
+    the order they asked (a ticket lock): sessions use the cores they are given, so two models under
+    load take turns instead of oversubscribing the cores, and neither can starve the other."""
 
-    def __init__(self):
+    def __init__(self, permits: int = 1):
         self._changed = threading.Condition()
-        self._next = 0
-        self._serving = 0
+        self._permits = permits
+        self._next = 0  # the next ticket to hand out
+        self._admitted = 0  # tickets below this have been let in
+        self._inside = 0
 
     @contextlib.contextmanager
     def turn(self):
         with self._changed:
             ticket = self._next
             self._next += 1
-            self._changed.wait_for(lambda: self._serving == ticket)
+            self._changed.wait_for(lambda: ticket == self._admitted and self._inside < self._permits)
+            self._admitted += 1
+            self._inside += 1
+            self._changed.notify_all()
         try:
             yield
         finally:
             with self._changed:
-                self._serving += 1
+                self._inside -= 1
                 self._changed.notify_all()

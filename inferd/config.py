@@ -73,6 +73,13 @@ def _formats(text: str) -> frozenset[str]:
     return names
 
 
+def _providers(text: str) -> tuple[str, ...]:
+    names = tuple(text.replace(",", " ").split())
+    if not names or not all(name.endswith("ExecutionProvider") for name in names):
+        raise ValueError("list onnxruntime execution providers, e.g. CUDAExecutionProvider CPUExecutionProvider")
+    return names
+
+
 def _log_level(text: str) -> str:
     if text.lower() not in {"debug", "info", "warning", "error"}:
         raise ValueError("must be debug, info, warning or error")
@@ -138,6 +145,10 @@ class ModelConfig:
     top_k: int = setting(5, _positive_int)
     intra_op_threads: int = setting(0, _non_negative_int)
     inter_op_threads: int = setting(1, _positive_int)
+    providers: tuple = setting(("CPUExecutionProvider",), _providers)
+    provider_fallback: bool = setting(False, _boolean)
+    optimized_cache: str = setting("", _text)
+    memory_arena: bool = setting(True, _boolean)
 
 
 @dataclass(frozen=True)
@@ -156,6 +167,9 @@ class BatchingConfig:
     max_queue_delay_ms: float = setting(0.0, _non_negative_float)
     max_queue_size: int = setting(128, _positive_int)
     request_timeout: float = setting(30.0, _positive_float)
+    # Batches in a model at once, across all models (inference threads per model); each session
+    # then gets cores / inference_workers intra-op threads unless [model] intra_op_threads says.
+    inference_workers: int = setting(1, _positive_int, restart=True)
 
 
 @dataclass(frozen=True)
@@ -224,6 +238,14 @@ class Config:
     def model_file(self) -> Path:
         return _resolve(self.model.onnx_file, self.source) if self.model.onnx_file else self.model_dir() / "model.onnx"
 
+    def optimized_cache_dir(self, env: Mapping[str, str] = os.environ) -> Path | None:
+        """Where optimised graphs are kept: [model] optimized_cache, else systemd's
+        $CACHE_DIRECTORY (CacheDirectory=), else nowhere."""
+        if self.model.optimized_cache:
+            return _resolve(self.model.optimized_cache, self.source)
+        directory = env.get("CACHE_DIRECTORY", "").split(":")[0]
+        return Path(directory) if directory else None
+
     def repository_dir(self) -> Path | None:
         """The model repository, or None when the config serves the one model of [model] path."""
         return _resolve(self.models.repository, self.source) if self.models.repository else None
@@ -257,8 +279,8 @@ RESTART_ONLY: tuple[tuple[str, str], ...] = tuple(
     (section, f.name) for section, cls in SECTIONS.items() for f in fields(cls) if f.metadata["restart"]
 )
 
-PATH_KEYS = {("model", "path"), ("model", "onnx_file"), ("model", "labels_file"), ("models", "repository"),
-             ("auth", "keys_file")}
+PATH_KEYS = {("model", "path"), ("model", "onnx_file"), ("model", "labels_file"), ("model", "optimized_cache"),
+             ("models", "repository"), ("auth", "keys_file")}
 
 # The reference design's variables, kept so its deployments move over unchanged.
 LEGACY_ENV = {

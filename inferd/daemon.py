@@ -46,7 +46,7 @@ class Daemon:
         self.metrics = InferdMetrics(self.router.labels(), self.router.inference_labels())
         self.control = Control()
         self.repository = Repository()
-        self.gate = RunGate()  # one model run at a time, across models
+        self.gate: RunGate | None = None  # batches in a model at once, across models
         self.service: Service | None = None
         self.server: HttpServer | None = None
         self._reload_generation = 0
@@ -79,6 +79,7 @@ class Daemon:
         """Load and warm the models and open the HTTP server on `config`'s address (or the first
         of systemd's sockets); nothing is served until serve_forever runs."""
         keys = configured_keys(config)
+        self.gate = RunGate(config.batching.inference_workers)
         outcome = loading.load(config, self.metrics, gate=self.gate)
         _require_default(outcome)
         for name, reason in sorted(outcome.failures.items()):
@@ -178,8 +179,8 @@ class Daemon:
         return 0
 
     def _publish(self, config: Config) -> None:
-        versions = [LoadedVersion(m.name, m.version, m.model.sha256, m.loaded_at, m.batcher.depth)
-                    for m in self.repository.loaded()]
+        versions = [LoadedVersion(m.name, m.version, m.model.sha256, m.loaded_at, m.batcher.depth,
+                                  tuple(m.model.providers())) for m in self.repository.loaded()]
         self.metrics.set_models(versions, self.repository.default)
         logging.getLogger("inferd").setLevel(config.logging.level.upper())
 

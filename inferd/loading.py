@@ -46,7 +46,8 @@ class Source:
                 digest.update(path.read_bytes())
             except OSError as exc:
                 digest.update(f"unreadable {path}: {exc}".encode())
-        digest.update(repr((config.model.intra_op_threads, config.model.inter_op_threads, config.batching)).encode())
+        digest.update(repr((config.model.intra_op_threads, config.model.inter_op_threads, config.model.providers,
+                            config.model.provider_fallback, config.model.memory_arena, config.batching)).encode())
         return digest.hexdigest()
 
 
@@ -77,6 +78,7 @@ def load(config: Config, metrics, current: list[LoadedModel] = (), only: str | N
             continue
         kept = [m for m in current if m.name == name]
         loaded, reason = _load_model([s for s in sources if s.name == name], by_key, config, metrics, gate)
+        reason = reason or failures.get(name)  # found but not loadable (its policy, its name)
         if reason is None:
             outcome.models.extend(loaded)
         else:
@@ -113,14 +115,18 @@ def load_version(source: Source, config: Config, metrics, fingerprint: str = "",
                  ) -> LoadedModel:
     """Load, check and warm one version and start its batcher; raises ModelError."""
     batching = config.batching
+    workers = batching.inference_workers
+    intra = config.model.intra_op_threads or max(1, model_module.available_cores() // workers)
     model = model_module.load(
         source.manifest.parent, source.onnx, source.labels, manifest_file=source.manifest,
-        intra_op_threads=config.model.intra_op_threads, inter_op_threads=config.model.inter_op_threads,
-        warmup_batch=batching.max_batch_size,
+        intra_op_threads=intra, inter_op_threads=config.model.inter_op_threads,
+        warmup_batch=batching.max_batch_size, providers=config.model.providers,
+        provider_fallback=config.model.provider_fallback, optimized_cache=config.optimized_cache_dir(),
+        memory_arena=config.model.memory_arena,
     )
     observed = metrics.for_version(source.name, source.version) if metrics is not None else None
     batcher = Batcher(model, max_batch_size=batching.max_batch_size, max_queue_delay_ms=batching.max_queue_delay_ms,
-                      max_queue_size=batching.max_queue_size, metrics=observed, gate=gate)
+                      max_queue_size=batching.max_queue_size, metrics=observed, gate=gate, workers=workers)
     return LoadedModel(source.name, source.version, model, batcher.start(), fingerprint=fingerprint,
                        source=str(source.onnx), metrics=observed)
 

@@ -16,11 +16,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from . import libc
+from . import libc, optimized, providers as providers_module
 from .imaging.preprocess import FILTERS, InputSpec
-
-PROVIDER = "CPUExecutionProvider"
-
 
 class ModelError(RuntimeError):
     """The model directory cannot be served; the message says which file and why."""
@@ -146,9 +143,14 @@ class Model:
         best = best[np.argsort(-scores[best], kind="stable")]
         return [Prediction(self.labels[i], int(i), round(float(scores[i]), 6)) for i in best]
 
+    def providers(self) -> list[str]:
+        """The execution providers the session runs on, in order."""
+        return self.session.get_providers()
+
     def describe(self) -> dict:
         return {"name": self.name, "sha256": self.sha256, "labels": len(self.labels),
-                "input": list(self.input_shape()), "layout": self.manifest.input.layout}
+                "input": list(self.input_shape()), "layout": self.manifest.input.layout,
+                "providers": self.providers()}
 
 
 def _free_and_trim(session_box: list) -> None:
@@ -169,12 +171,20 @@ def softmax(scores: np.ndarray) -> np.ndarray:
 
 
 def load(model_dir: Path, model_file: Path, labels_file: Path, *, manifest_file: Path | None = None,
-         intra_op_threads: int = 0, inter_op_threads: int = 1, warmup_batch: int = 1) -> Model:
-    """Load, check and warm up a model; raises ModelError with a reason an operator can act on."""
+         intra_op_threads: int = 0, inter_op_threads: int = 1, warmup_batch: int = 1,
+         providers: tuple[str, ...] = (providers_module.CPU,), provider_fallback: bool = False,
+         optimized_cache: Path | None = None, memory_arena: bool = True) -> Model:
+    """Load, check and warm up a model; raises ModelError with a reason an operator can act on.
+    With `optimized_cache`, onnxruntime's optimised graph is kept there (optimized.py)."""
     manifest = read_manifest(manifest_file or model_dir / "model.ini")
     labels = read_labels(labels_file)
     data = _read_model_bytes(model_file)
-    session = _session(data, model_file, intra_op_threads or available_cores(), inter_op_threads)
+    try:
+        choice = providers_module.choose(providers, provider_fallback)
+    except providers_module.ProviderError as exc:
+        raise ModelError(f"{model_file}: {exc}") from None
+    session = _session(data, model_file, intra_op_threads or available_cores(), inter_op_threads, choice,
+                       optimized_cache, memory_arena)
     model = Model(manifest, labels, session, hashlib.sha256(data).hexdigest(), model_file)
     _check_shapes(model, model_file)
     warm_up(model, warmup_batch)
@@ -195,9 +205,8 @@ def _read_model_bytes(path: Path) -> bytes:
         raise ModelError(f"{path}: cannot read model: {exc.strerror or exc}") from None
 
 
-def _session(data: bytes, path: Path, intra: int, inter: int) -> ort.InferenceSession:
-    if PROVIDER not in ort.get_available_providers():
-        raise ModelError(f"onnxruntime has no {PROVIDER}")
+def _session(data: bytes, path: Path, intra: int, inter: int, choice, cache: Path | None,
+             arena: bool = True) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra
     options.inter_op_num_threads = inter
@@ -209,8 +218,14 @@ def _session(data: bytes, path: Path, intra: int, inter: int) -> ort.InferenceSe
     # and cost up to a quarter of the throughput under load. The price, a slower first operator
     # after a pause, is smallest when the decoding thread runs the model itself (batcher.py).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Without the arena, memory for a batch's activations is returned after each run instead of
+    # kept at its largest (a batch of 8 keeps ~64 MB on EfficientNet-Lite0).
+    options.enable_cpu_mem_arena = arena
+    providers = providers_module.session_options(options, choice)
     try:
-        return ort.InferenceSession(data, sess_options=options, providers=[PROVIDER])
+        if cache is not None and providers == [providers_module.CPU]:
+            return optimized.session(data, options, providers, optimized.cache_file(cache, data, intra, inter))
+        return ort.InferenceSession(data, sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs
         raise ModelError(f"{path}: onnxruntime cannot load it: {str(exc).splitlines()[0][:300]}") from None
 

@@ -216,9 +216,11 @@ class Lease:
 
 def answer_context(config: Config, loaded: LoadedModel) -> bytes:
     """What, beside an image's bytes, decides its cached answer: the model version and its file's
-    sha256, the manifest (preprocessing, softmax), and the limits that could refuse the image."""
+    sha256, the manifest (preprocessing, softmax), the execution providers (their arithmetic
+    differs in the last digits), and the limits that could refuse the image."""
     limits = config.limits
-    decided_by = (loaded.name, loaded.version, loaded.model.sha256, loaded.model.manifest,
+    model = loaded.model
+    decided_by = (loaded.name, loaded.version, model.sha256, model.manifest, tuple(model.providers()),
                   sorted(limits.allowed_formats), limits.max_image_pixels, limits.max_decode_bytes)
     return hashlib.sha256(repr(decided_by).encode()).digest()
 

@@ -65,6 +65,7 @@ mkdir -p "$SHARE/systemd/haproxy"
 cp "$SRC/systemd/haproxy/inferd.cfg" "$SHARE/systemd/haproxy/"
 cp "$SRC/README.md" "$SHARE/README.md"
 cp "$SRC/systemd/README-fleet.md" "$SHARE/README-fleet.md"
+cp "$SRC/systemd/README.md" "$SHARE/README-service.md"
 if [ -e "$SYSCONFDIR/inferd.conf" ]; then
     say "keeping existing $SYSCONFDIR/inferd.conf (the current example is $SHARE/inferd.conf.example)"
 else

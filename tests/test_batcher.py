@@ -304,3 +304,58 @@ def test_the_request_timeout_cuts_off_a_queued_image_not_a_running_batch(start):
         runner.join(10)
     ((scores, seconds),) = lone
     assert scores.shape == (1000,) and seconds > 0.3
+
+
+def test_with_two_workers_two_batches_run_at_once_and_no_more(tiny):
+    """inference_workers = 2: two inference threads, each with its batch in the model at once."""
+    gate = threading.Event()
+    inside, most = [], [0]
+
+    class Slow:
+        name = "slow"
+
+        def run(self, batch):
+            inside.append(1)
+            most[0] = max(most[0], len(inside))
+            gate.wait(10)
+            inside.pop()
+            return tiny.run(batch)
+
+    batcher = Batcher(Slow(), max_batch_size=1, max_queue_delay_ms=0, max_queue_size=64, workers=2).start()
+    try:
+        futures = batcher.submit([solid(v / 10) for v in range(6)])
+        deadline = time.monotonic() + 5
+        while len(inside) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # a third batch would have entered by now
+        assert len(inside) == 2 and batcher.depth() == 4
+        gate.set()
+        assert all(f.result(10).shape == (1000,) for f in futures) and most[0] == 2
+    finally:
+        gate.set()
+        batcher.stop(10)
+
+
+def test_a_run_gate_lets_in_its_permits_in_the_order_asked():
+    from inferd.batcher import RunGate
+
+    gate, order, inside, most = RunGate(2), [], [], [0]
+    release = threading.Event()
+
+    def run(n):
+        with gate.turn():
+            order.append(n)
+            inside.append(n)
+            most[0] = max(most[0], len(inside))
+            release.wait(5)
+            inside.remove(n)
+
+    threads = []
+    for n in range(5):
+        threads.append(threading.Thread(target=run, args=(n,)))
+        threads[-1].start()
+        time.sleep(0.05)  # ask in order
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert order == [0, 1, 2, 3, 4] and most[0] == 2

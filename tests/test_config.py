@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -96,3 +97,13 @@ def test_check_config_flag_exits_2_with_the_key_named(tmp_path):
     good = subprocess.run([sys.executable, "-m", "inferd", "--config", str(REPO / "inferd.conf.example"),
                            "--check-config"], capture_output=True, text=True, timeout=60)
     assert good.returncode == 0, good.stderr
+
+
+def test_the_readme_lists_exactly_the_restart_only_keys():
+    """config.py marks the keys a reload cannot change; the warning and the README use that mark."""
+    text = (REPO / "README.md").read_text()
+    sentence = text[text.index("these keys take effect only at"):].split("\n\n", 1)[0]
+    named = re.findall(r"`(?:\[\w+\]\s+)?(\w+)`", sentence)
+    assert sorted(named) == sorted(key for _, key in config.RESTART_ONLY)
+    changed = config.restart_only_changes(config.parse(""), config.parse("[server]\nport = 9\n"))
+    assert changed == ["[server] port"]

@@ -246,6 +246,17 @@ def test_one_model_reloads_alone_and_an_unchanged_one_is_kept(start_daemon, tmp_
     assert models["a"][0]["loaded_at"] == after["a"][0]["loaded_at"] and models["b"][0]["version"] == "2"
 
 
+def test_a_model_whose_policy_breaks_keeps_its_versions(start_daemon, tmp_path, tiny_model_dir):
+    repository = tmp_path / "repo"
+    tiny_model(repository, "a", tiny_model_dir, {"1": "a1-"})
+    daemon = start_daemon(f"[models]\nrepository = {repository}\n")
+    manifest = repository / "a" / "model.ini"
+    manifest.write_text(manifest.read_text() + "\n[versions]\npolicy = specific 9\n")
+    status, outcome = reload(daemon)
+    assert status == 500 and "missing versions [9]" in outcome["error"]
+    assert infer(daemon.url, "a").json()["predictions"][0]["label"] == "a1-r9g0b0"
+
+
 def test_a_repository_whose_default_model_fails_does_not_start(start_daemon, tmp_path, tiny_model_dir):
     repository = tmp_path / "repo"
     tiny_model(repository, "good", tiny_model_dir)

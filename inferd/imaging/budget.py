@@ -3,14 +3,16 @@
 The pixel limit alone does not bound memory: a 124 KB PNG can declare 8000x8000 16-bit pixels
 (128 MB decoded). Each image's cost is estimated from its header before any pixel is decoded
 (`preprocess.decode_cost`); an image that costs more than the whole budget is refused (413), one
-that does not fit now waits up to `wait` seconds for room and is then refused with 503.
+that does not fit now waits up to `wait` seconds for room and is then refused with 503. At most
+`max_images` images decode at once (decoding is CPU-bound: more than a few per core only hold more
+memory at once, not finish sooner); the others wait their turn within the same `wait`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
-import time
 
 from .errors import DecodeBusy, ImageTooLarge
 
@@ -18,10 +20,12 @@ MB = 1024 * 1024
 
 
 class DecodeBudget:
-    def __init__(self, max_bytes: int, wait: float = 5.0):
+    def __init__(self, max_bytes: int, wait: float = 5.0, max_images: int = 0):
         self.max_bytes = max_bytes
+        self.max_images = max_images or 2 * (os.cpu_count() or 1)
         self.wait = wait
         self._used = 0
+        self._images = 0
         self._changed = threading.Condition()
 
     def resize(self, max_bytes: int) -> None:
@@ -40,14 +44,15 @@ class DecodeBudget:
             if cost > self.max_bytes:
                 raise ImageTooLarge(f"decoding this image needs {cost / MB:.0f} MB; the limit is "
                                     f"{self.max_bytes / MB:.0f} MB ([limits] max_decode_bytes)")
-            deadline = time.monotonic() + self.wait
-            fits = lambda: self._used + cost <= self.max_bytes  # noqa: E731
-            if not self._changed.wait_for(fits, max(0.0, deadline - time.monotonic())):
+            fits = lambda: self._used + cost <= self.max_bytes and self._images < self.max_images  # noqa: E731
+            if not self._changed.wait_for(fits, self.wait):
                 raise DecodeBusy("too many large images are being decoded; retry shortly")
             self._used += cost
+            self._images += 1
         try:
             yield
         finally:
             with self._changed:
                 self._used -= cost
+                self._images -= 1
                 self._changed.notify_all()

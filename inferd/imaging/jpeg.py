@@ -69,6 +69,12 @@ def layout(data: bytes) -> Layout | None:
                      if len(segment) >= 6 + 3 * segment[5] else ())
         elif marker == SOS:
             scans.append(_scan(segment))
+            if frame and not frame[0] and set(scans[0].components) >= set(frame[1]):
+                # One sequential scan of every component: the image's only scan. FF D9 cannot occur
+                # inside entropy-coded data (an FF there is followed by 00 or a restart marker), so
+                # the first one after the scan header is where the scan ends (memchr-fast).
+                end = data.find(b"\xff\xd9", pos)
+                return Layout(frame[0], frame[1], tuple(scans), end) if end >= 0 else None
             found = _DATA_END.search(data, pos)
             if found is None:
                 return None

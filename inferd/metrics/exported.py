@@ -70,12 +70,12 @@ class InferdMetrics:
             ("result",), registry=r)
         self._build_info = Gauge(
             "inferd_build_info", "Versions of inferd and what it runs on; the value is always 1.",
-            ("version", "python", "onnxruntime"), registry=r)
+            ("version", "python", "onnxruntime", "providers"), registry=r)
         if process:
             r.register_collector(ProcessCollector())
         self._create_fixed_series()
         self._build = {"version": __version__, "python": platform.python_version(),
-                       "onnxruntime": onnxruntime_version or _onnxruntime_version()}
+                       "onnxruntime": onnxruntime_version or _onnxruntime_version(), "providers": ""}
         self._build_info.labels(**self._build).set(1)
         self._default_model = ""
         # Latencies of the most recent LATENCY_WINDOW inference requests, for the JSON percentiles.
@@ -128,9 +128,13 @@ class InferdMetrics:
 
     def set_models(self, versions: list[LoadedVersion], default: str) -> None:
         """The loaded versions, replaced in one step: no scrape sees two sets or none."""
+        providers = ",".join(dict.fromkeys(p for v in versions for p in v.providers))
         with self.registry.atomically():
             self.models.install(versions)
             self._default_model = default
+            self._build = {**self._build, "providers": providers}
+            self._build_info.clear()
+            self._build_info.labels(**self._build).set(1)
 
     def observe_reload(self, ok: bool) -> None:
         self._reloads.labels(result="success" if ok else "failure").inc()

@@ -22,6 +22,7 @@ class LoadedVersion:
     sha256: str
     loaded_at: float  # Unix time
     queue_depth: Callable[[], int] | None = None
+    providers: tuple[str, ...] = ()  # the execution providers its session runs on
 
 
 class VersionMetrics:

@@ -85,7 +85,8 @@ def _names(request: Request) -> tuple[str, str | None]:
 def admit_infer(request: Request, context):
     """Before the body: the model's lease (404 naming what is loaded), the content type (415)."""
     content_type = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-    if content_type not in ("", "application/json", "application/octet-stream"):
+    # x-www-form-urlencoded: what curl --data-binary sends unless told otherwise.
+    if content_type not in ("", "application/json", "application/octet-stream", "application/x-www-form-urlencoded"):
         raise HTTPError(415, "expected application/json, or application/octet-stream with "
                              f"{oip.HEADER_LENGTH} (the binary tensor data extension)")
     if request.headers.get("Content-Encoding", "identity").lower() != "identity":

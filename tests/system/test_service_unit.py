@@ -108,6 +108,8 @@ def test_shipped_unit_is_hardened_verified_and_serves(inferd, images):
     assert int(status["CapEff"], 16) == 0 and int(status["CapBnd"], 16) == 0
     reload_status = inferd.run("cat", "/run/inferd/reload-status.json").stdout
     assert f'"pid": {pid}' in reload_status and '"generation": 1' in reload_status
+    cached = inferd.run("ls", "/var/cache/private/inferd").stdout.split()  # CacheDirectory= under DynamicUser
+    assert len(cached) == 1 and cached[0].endswith(".onnx"), cached  # the default model's optimised graph
 
     # IPAddressDeny=any is enforced (cgroup BPF): without the unit's IPAddressAllow=localhost, even
     # loopback clients are cut off; so is any connection the service would make beyond loopback.
