@@ -8,10 +8,11 @@
   images/s and in the daemon's CPU time per image (/proc/PID/stat), the steadier figure on a
   shared box.
 
-One daemon, its cache turned off and on (64 MiB) by a reload between cells, so that both are
-measured in the same process; 4 connections, `seconds` per cell; in each round the four cells
-in a rotating order; the ratio on/off per round, median over rounds. Unique images are never
-repeated.
+One daemon, its cache turned off and on (64 MiB) by a reload between slices, so that both are
+measured in the same process; 4 connections. In each round and workload, SLICES turns of
+`seconds / SLICES` with the cache off, then on (or on, then off: the order alternates), so that
+what else runs on the box weighs on both alike; the ratio on/off per round, median over rounds.
+Unique images are never repeated.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ CACHE_BYTES = 64 << 20
 MODEL = "efficientnet-lite0"
 CONNECTIONS = 4
 BOUNDARY = "inferd-bench-cache"  # one Content-Type for every body of a cell
-UNIQUE_PER_CELL = 400  # more than a cell sends here (~80 images/s for 3 s)
+SLICES = 3
+UNIQUE_PER_SLICE = 200  # more than a slice sends here (~130 images/s at best, for 1 s)
 COLUMNS = ("workload", "cache off img/s", "cache on img/s", "on/off by round", "median", "p50 ms off", "p50 ms on",
            "CPU ms/img off", "CPU ms/img on", "CPU on/off", "errors")
 
@@ -41,9 +43,10 @@ def run(images: dict[str, Path], workdir: Path, *, seconds: float = 3.0, rounds:
     small = next(path for label, path in images.items() if "small" in label).read_bytes()
     duplicates = [loadgen.multipart_body(photo, f"{n}.jpg", boundary=BOUNDARY)
                   for n, photo in enumerate(distinct_photos(20))]
-    progress(f"cache: making {2 * UNIQUE_PER_CELL * (rounds + 1)} unique photos")
-    unique = [loadgen.multipart_body(photo, "u.jpg", boundary=BOUNDARY)
-              for photo in changed_pixels(small, 2 * UNIQUE_PER_CELL * (rounds + 1))]
+    needed = 2 * SLICES * UNIQUE_PER_SLICE * (rounds + 1)
+    progress(f"cache: making {needed} unique photos")
+    unique = [body for _, body in (loadgen.multipart_body(photo, "u.jpg", boundary=BOUNDARY)
+                                   for photo in changed_pixels(small, needed))]
     daemon = servers.start_inferd(servers.REPO / "models" / MODEL, workdir / "cache")
     try:
         cells = _rounds(daemon, workdir / "cache" / "inferd.conf", duplicates, unique, seconds, rounds)
@@ -119,26 +122,47 @@ def _rounds(daemon, config: Path, duplicates: list, unique: list, seconds: float
     """{(workload, cache): [summary per round, with the daemon's CPU ms per image]}; round 0 warms
     up and is not kept."""
     content_type = duplicates[0][0]
+    repeated = [body for _, body in duplicates]
+    fresh = iter(unique[i:i + UNIQUE_PER_SLICE] for i in range(0, len(unique), UNIQUE_PER_SLICE))
     cells: dict[tuple[str, str], list] = {}
-    order = [("duplicates", "off"), ("duplicates", "on"), ("unique", "off"), ("unique", "on")]
     base = config.read_text()
     for number in range(rounds + 1):
-        for workload, cache in order[number % 4:] + order[:number % 4]:
-            _set_cache(daemon.url, config, base, CACHE_BYTES if cache == "on" else 0)
-            start = (number * 2 + (cache == "on")) * UNIQUE_PER_CELL
-            fresh = [body for _, body in unique[start:start + UNIQUE_PER_CELL]]
-            bodies = [body for _, body in duplicates] if workload == "duplicates" else fresh
-            cpu = _cpu_seconds(daemon.proc.pid)
-            summary = loadgen.summarise(loadgen.run_load(daemon.url, bodies, content_type, connections=CONNECTIONS,
-                                                         duration=seconds, count=len(fresh) if workload == "unique" else None))
-            summary["cpu_ms"] = round(1000 * (_cpu_seconds(daemon.proc.pid) - cpu) / max(1, summary["ok"]), 3)
+        for workload in ("duplicates", "unique"):
+            slices = {"off": [], "on": []}
+            for turn in range(SLICES):
+                for cache in ("off", "on") if (number + turn) % 2 == 0 else ("on", "off"):
+                    _set_cache(daemon.url, config, base, CACHE_BYTES if cache == "on" else 0)
+                    bodies = next(fresh) if workload == "unique" else repeated
+                    slices[cache].append(_slice(daemon, bodies, content_type, seconds / SLICES,
+                                                len(bodies) if workload == "unique" else None))
             if number:
-                cells.setdefault((workload, cache), []).append(summary)
+                for cache, measured in slices.items():
+                    cells.setdefault((workload, cache), []).append(_summary(measured))
         if number:
             progress("cache: round {}: {}".format(number, ", ".join(
                 f"{w} {c} {cells[(w, c)][-1]['throughput']:.1f}/s {cells[(w, c)][-1]['cpu_ms']:.2f} CPU ms/img"
-                for w, c in order)))
+                for w in ("duplicates", "unique") for c in ("off", "on"))))
     return cells
+
+
+def _slice(daemon, bodies: list, content_type: str, seconds: float, count: int | None) -> tuple:
+    """(the load generator's tally, the daemon's CPU seconds meanwhile)."""
+    cpu = _cpu_seconds(daemon.proc.pid)
+    tally = loadgen.run_load(daemon.url, bodies, content_type, connections=CONNECTIONS, duration=seconds, count=count)
+    return tally, _cpu_seconds(daemon.proc.pid) - cpu
+
+
+def _summary(slices: list[tuple]) -> dict:
+    """One summary of several slices: their answers and seconds added up."""
+    merged = loadgen.Tally()
+    for tally, _ in slices:
+        merged.latencies += tally.latencies
+        merged.statuses.update(tally.statuses)
+        merged.errors.update(tally.errors)
+        merged.elapsed += tally.elapsed
+    summary = loadgen.summarise(merged)
+    summary["cpu_ms"] = round(1000 * sum(cpu for _, cpu in slices) / max(1, summary["ok"]), 3)
+    return summary
 
 
 def _set_cache(url: str, config: Path, base: str, max_bytes: int) -> None:
