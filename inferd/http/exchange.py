@@ -59,38 +59,44 @@ class Exchange:
         self.metrics.request_started()
         reader = SocketReader(conn.sock, conn.buffer[conn.head_length:])
         body = BodyReader(reader, head, settings)
-        label, status, caller = head.path, None, None
         try:
-            try:
-                request = Request(head, conn.address, config, {}, parse_qs(head.query))
-                for check in self.router.guards_for(head.path):
-                    check(request, self.context)
-                route, handler, params = self.router.match(head.method, head.path)
-                label = route.path
-                request = replace(request, params=params)
-                if route.guard:
-                    caller = route.guard(request, self.context)
-                    request = replace(request, caller=caller)
-                response = self._run(route, handler, request, body)
-                failure = None
-            except ClientDisconnected:
+            answered = self._answer(conn, head, config, body)
+            if answered is None:
                 return CLOSE
-            except Exception as exc:  # every outcome, errors included, becomes one response
-                response, failure = error_response(exc, f"{head.method} {printable(head.target)}"), exc
-                caller = caller or getattr(exc, "caller", None)
+            response, failure, label, caller = answered
             disposition = self._disposition(head, body, failure)
-            status = response.status
+            # Counted before it is sent: a client that has its answer finds it in the metrics.
+            self._record(conn.address, head.method, label, head.target, response.status,
+                         time.monotonic() - started, settings, caller)
             if not self._send(conn, head, response, disposition, settings):
                 return CLOSE
             if disposition == KEEP:
                 conn.buffer, conn.head_length = reader.take_buffer(), 0
             return disposition
         finally:
-            if status is not None:
-                self._record(conn.address, head.method, label, head.target, status, time.monotonic() - started,
-                             settings, caller)
             self.metrics.request_finished()
             self._in_flight(-1)
+
+    def _answer(self, conn, head: RequestHead, config, body: BodyReader):
+        """(response, the exception it answers or None, route label, caller), or None when the
+        client went away. Every outcome, errors included, becomes one response."""
+        label, caller = head.path, None
+        try:
+            request = Request(head, conn.address, config, {}, parse_qs(head.query))
+            for check in self.router.guards_for(head.path):
+                check(request, self.context)
+            route, handler, params = self.router.match(head.method, head.path)
+            label = route.path
+            request = replace(request, params=params)
+            if route.guard:
+                caller = route.guard(request, self.context)
+                request = replace(request, caller=caller)
+            return self._run(route, handler, request, body), None, label, caller
+        except ClientDisconnected:
+            return None
+        except Exception as exc:
+            response = error_response(exc, f"{head.method} {printable(head.target)}")
+            return response, exc, label, caller or getattr(exc, "caller", None)
 
     def _run(self, route, handler, request: Request, body: BodyReader) -> Response:
         admission = route.admit(request, self.context) if route.admit else contextlib.nullcontext()
