@@ -8,14 +8,16 @@ CONFIG ?= inferd.conf.example
 # in front of a fleet), and those the container image and its tests use (issue 15).
 SYSTEM_PACKAGES := prometheus systemd curl iproute2 util-linux haproxy
 CONTAINER_PACKAGES := podman runc catatonit mmdebstrap
+# A real browser for the /docs page's test (tests/test_docs_page.py, issue 14), driven by selenium.
+BROWSER_PACKAGES := chromium chromium-driver
 
-.PHONY: run test test-fast venv model system-deps bench bench-peers bench-peers-venvs soak install uninstall clean
+.PHONY: run test test-fast coverage venv model system-deps browser-deps bench bench-peers bench-peers-venvs soak install uninstall clean
 .PHONY: container-deps container-base container test-container
 
 run: $(VENV)/.installed $(MODEL_DIR)/model.onnx
 	$(BIN)/inferd --config $(CONFIG)
 
-test: $(VENV)/.installed $(MODEL_DIR)/model.onnx system-deps
+test: $(VENV)/.installed $(MODEL_DIR)/model.onnx system-deps browser-deps
 	$(BIN)/pytest -q
 
 test-fast: $(VENV)/.installed $(MODEL_DIR)/model.onnx
@@ -46,6 +48,9 @@ endef
 
 system-deps:
 	$(call install-missing,$(SYSTEM_PACKAGES))
+
+browser-deps:
+	$(call install-missing,$(BROWSER_PACKAGES))
 
 container-deps:
 	$(call install-missing,$(CONTAINER_PACKAGES))
