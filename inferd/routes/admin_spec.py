@@ -56,7 +56,7 @@ RELOAD = Operation(
 RELOAD_MODEL = Operation(
     summary="Reload one model",
     tag="admin",
-    path_parameters={"name": "A model's name, loaded or failed (GET /models)."},
+    path_parameters={"name": ("A model's name, loaded or failed (GET /models).", "efficientnet-lite0")},
     responses={200: answer("Reloaded.", ref("Reloaded"), RELOADED),
                404: error("No model of that name is loaded or has failed to load."),
                500: RELOAD_FAILED, 503: DRAINING},

@@ -53,16 +53,20 @@ def page(request: Request, context) -> Response:
     })
 
 
-def openapi_document() -> dict:
-    """The OpenAPI document of the route table. Raises openapi.Undocumented for a route or guard
-    that has no description."""
+def openapi_document(routes=None, guards=None) -> dict:
+    """The OpenAPI document of the route table (or of `routes` and `guards`). Raises
+    openapi.Undocumented for a route or guard that has no description."""
     from . import GUARDS, ROUTES  # the table that lists these routes: complete once the package is imported
 
     return openapi.document(
-        ROUTES, GUARDS, {**native_spec.OPERATIONS, **admin_spec.OPERATIONS, **v2_spec.OPERATIONS, **OPERATIONS},
+        ROUTES if routes is None else routes, GUARDS if guards is None else guards, _described(),
         version=__version__, info=INFO, tags=TAGS, security_schemes=admin_spec.SECURITY_SCHEMES,
         schemas={**native_spec.SCHEMAS, **admin_spec.SCHEMAS, **v2_spec.SCHEMAS},
     )
+
+
+def _described() -> dict:
+    return {**native_spec.OPERATIONS, **admin_spec.OPERATIONS, **v2_spec.OPERATIONS, **OPERATIONS}
 
 
 @functools.cache

@@ -115,14 +115,22 @@ CHOOSE_MODEL = (
     query("top_k", "Predictions to return, 1 to the model's label count; [model] top_k when absent.",
           {"type": "integer", "minimum": 1}),
 )
-IMAGE_BODY = {"type": "string", "contentMediaType": "image/*", "description": "An encoded image (JPEG, PNG, WebP, GIF, BMP, TIFF)."}
+IMAGE = "An encoded image: JPEG, PNG, WebP, GIF, BMP or TIFF ([limits] allowed_formats)."
+FILE_PART = {"type": "string", "contentMediaType": "application/octet-stream", "description": IMAGE}
+RAW_BODY = {"type": "string", "description": IMAGE}
+# Other fields are ignored, but every part's headers are checked: no control characters but HTAB
+# (RFC 9110 §5.5), in a field's name as anywhere else (400).
+FIELD_NAME = {"pattern": "^[^\\u0000-\\u0008\\u000a-\\u001f\\u007f]*$"}
 
 
-def _upload(fields: dict, required: list[str], description: str) -> dict:
+def _upload(field: str, schema: dict, description: str) -> dict:
+    """Multipart with the images in `field` parts, or one image as the whole body."""
     return {"required": True, "description": description, "content": {
-        "multipart/form-data": {"schema": {"type": "object", "required": required, "properties": fields}},
-        "image/*": {"schema": IMAGE_BODY},
-        "application/octet-stream": {"schema": IMAGE_BODY},
+        "multipart/form-data": {"schema": {"type": "object", "required": [field], "properties": {field: schema},
+                                           "propertyNames": FIELD_NAME},
+                                "encoding": {field: {"contentType": "image/*"}}},
+        "image/*": {"schema": RAW_BODY},
+        "application/octet-stream": {"schema": RAW_BODY},
     }}
 
 
@@ -146,7 +154,7 @@ INFER = Operation(
     description="The image is a multipart file part named `file`, or the whole body with an `image/*` "
                 "Content-Type. The model, version and top_k are checked before the body is read.",
     parameters=CHOOSE_MODEL,
-    request_body=_upload({"file": IMAGE_BODY}, ["file"], "One image."),
+    request_body=_upload("file", FILE_PART, "One image."),
     responses={200: answer("The top-k predictions.", ref("Classification"),
                            {"predictions": CAT, "inference_time_ms": 9.382, "model": "efficientnet-lite0",
                             "version": "1"}),
@@ -159,7 +167,8 @@ INFER_BATCH = Operation(
     description="One or more file parts named `files` (or `file`). An image that fails gets its error in its "
                 "own entry; the others are classified.",
     parameters=CHOOSE_MODEL,
-    request_body=_upload({"files": {"type": "array", "items": IMAGE_BODY}}, ["files"], "One or more images."),
+    request_body=_upload("files", {"type": "array", "minItems": 1, "items": FILE_PART},
+                         "One or more images ([limits] max_files_per_batch at most)."),
     responses={200: answer("An entry per image, in order.", ref("BatchClassification"), {
         "total_images": 2, "successful": 1, "failed": 1, "total_time_ms": 32.445, "model": "efficientnet-lite0",
         "version": "1", "results": [
@@ -193,11 +202,10 @@ MODELS = Operation(
 METRICS = Operation(
     summary="Metrics: JSON for people, Prometheus or OpenMetrics text for scrapers",
     tag="native",
-    description="?format= wins; otherwise the Accept header chooses (RFC 9110 §12.5.1), JSON by default.",
+    description="?format= wins; otherwise the Accept header chooses (RFC 9110 §12.5.1): "
+                "`application/openmetrics-text` or `text/plain` ask for the scrape formats; JSON by default.",
     parameters=(
         query("format", "json, prometheus or openmetrics.", {"type": "string", "enum": ["json", "prometheus", "openmetrics"]}),
-        {"name": "Accept", "in": "header", "required": False, "schema": {"type": "string"},
-         "description": "application/openmetrics-text or text/plain ask for the scrape formats."},
     ),
     responses={
         200: {"description": "The metrics in the chosen format.", "content": {

@@ -93,7 +93,9 @@ def parse_request(document: dict, binary: bytes, *, input_name: str, input_shape
     if not isinstance(inputs, list) or len(inputs) != 1:
         raise TensorError(f'"inputs" must list exactly one tensor, named {input_name!r}')
     tensor = _input(_object(inputs[0], "an input"), binary, input_name, input_shape, max_items)
-    binary_default = parameters.get("binary_data_output", False) is True
+    binary_default = parameters.get("binary_data_output", False)
+    if not isinstance(binary_default, bool):
+        raise TensorError("binary_data_output must be true or false")
     outputs = _outputs(document.get("outputs"), output_name, classes, binary_default)
     return InferRequest(request_id, tensor, outputs, parameters)
 

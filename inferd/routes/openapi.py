@@ -30,15 +30,15 @@ class Undocumented(LookupError):
 
 @dataclass(frozen=True)
 class Operation:
-    """One handler, as the document describes it. path_parameters: name -> description, for the
-    "{name}" segments of every path the handler serves; parameters: OpenAPI Parameter objects
+    """One handler, as the document describes it. path_parameters: name -> (description, example),
+    for the "{name}" segments of every path the handler serves; parameters: OpenAPI Parameter objects
     (query, header); responses: status -> OpenAPI Response object."""
 
     summary: str
     tag: str
     responses: Mapping[int, dict]
     description: str = ""
-    path_parameters: Mapping[str, str] = field(default_factory=dict)
+    path_parameters: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # name -> (description, example)
     parameters: tuple[dict, ...] = ()
     request_body: dict | None = None
 
@@ -76,7 +76,10 @@ def ref(name: str) -> dict:
 
 
 def query(name: str, description: str, schema: dict) -> dict:
-    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+    """An optional query parameter. `?name=` counts as absent (the server's query parser drops
+    empty values), which OpenAPI says with allowEmptyValue."""
+    return {"name": name, "in": "query", "required": False, "allowEmptyValue": True, "description": description,
+            "schema": schema}
 
 
 # What the HTTP layer answers for any route, before or around its handler: components/responses,
@@ -178,8 +181,9 @@ def _path_parameters(path: str, doc: Operation) -> list[dict]:
     for name in re.findall(r"\{([^}]+)\}", path):
         if name not in doc.path_parameters:
             raise Undocumented(f"{path}: path parameter {name!r} has no description")
-        parameters.append({"name": name, "in": "path", "required": True, "description": doc.path_parameters[name],
-                           "schema": {"type": "string", "minLength": 1}})
+        description, example = doc.path_parameters[name]
+        parameters.append({"name": name, "in": "path", "required": True, "description": description,
+                           "schema": {"type": "string", "minLength": 1}, "example": example})
     return parameters
 
 

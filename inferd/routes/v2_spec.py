@@ -43,7 +43,7 @@ SCHEMAS = {
     "InferenceRequest": {
         "type": "object", "required": ["inputs"],
         "properties": {
-            "id": {"type": "string", "description": "Echoed in the response."},
+            "id": {"type": ["string", "null"], "description": "Echoed in the response (null: none)."},
             "parameters": {"type": "object", "properties": {"binary_data_output": {"type": "boolean"}}},
             "inputs": {"type": "array", "minItems": 1, "maxItems": 1, "items": {
                 "type": "object", "required": ["name", "datatype", "shape"],
@@ -58,7 +58,8 @@ SCHEMAS = {
                              "description": 'Flat or nested as the shape; a BYTES element is a string or {"b64": "..."}.'},
                 },
             }},
-            "outputs": {"type": "array", "minItems": 1, "items": {
+            "outputs": {"type": ["array", "null"], "minItems": 1, "description": "Absent or null: every output.",
+                        "items": {
                 "type": "object", "required": ["name"],
                 "properties": {
                     "name": {"type": "string"},
@@ -84,8 +85,8 @@ SCHEMAS = {
     },
 }
 
-MODEL_PARAMETERS = {"model": "A loaded model's name (GET /models); percent-encoded.",
-                    "version": "One of its versions; the newest when the path names none."}
+MODEL_PARAMETERS = {"model": ("A loaded model's name (GET /models); percent-encoded.", "efficientnet-lite0"),
+                    "version": ("One of its versions; the newest when the path names none.", "1")}
 NO_MODEL = {404: error("No model (or version) of that name is loaded; the message lists those that are.")}
 
 BINARY_EXTENSION = (
@@ -97,7 +98,20 @@ BINARY_EXTENSION = (
     f"header's length in the response's {oip.HEADER_LENGTH} header.")
 BINARY_BODY = {"schema": {"type": "string", "contentMediaType": "application/octet-stream"}}
 
-CAT = ["0.380452:282:tiger cat", "0.355795:285:Egyptian cat", "0.177971:281:tabby"]
+# scikit-image's cat as a 72x48 JPEG (quality 30), and the default model's real answer to it.
+SMALL_CAT_JPEG = (
+    "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDABsSFBcUERsXFhceHBsgKEIrKCUlKFE6PTBCYFVlZF9VXVtqeJmBanGQc1tdhbWGkJ6j"
+    "q62rZ4C8ybqmx5moq6T/2wBDARweHigjKE4rK06kbl1upKSkpKSkpKSkpKSkpKSkpKSkpKSkpKSkpKSkpKSkpKSkpKSkpKSkpKSk"
+    "pKSkpKSkpKT/wAARCAAwAEgDASIAAhEBAxEB/8QAGQAAAwEBAQAAAAAAAAAAAAAAAAMEAQIF/8QAJxAAAgIBAwMEAgMAAAAAAAAA"
+    "AQIAAxESITEEQVETImFxFIE0YvD/xAAXAQEBAQEAAAAAAAAAAAAAAAACAQAD/8QAGREBAQEBAQEAAAAAAAAAAAAAAAERITES/9oA"
+    "DAMBAAIRAxEAPwDrqsVplfMVUCg1MMseJX1xXSoI2zImuUEKQf1OV9dZ46dySf8ACKABbAG/mNJrWvVZkL9bmKFtItUaip/sMZkV"
+    "rDLAnjSQfAi1UoxOrAXY78yla8+tnvsJi0knJ7MP3NrY6pOVJPInFzEphe/eNUEAjw2Jw9bncY0iKMhPTjxCVgA8QlENZZ1C6yQv"
+    "j4jE6da6yd2J5Ji668LpHHBmo1oTQrA47GClAzFkCHlSCue8juQDqGssfbGykbyoBwPcM/QnYLFSucD5k8azWdETZ0SknJXbeO1Y"
+    "r35klD+kzJn2sZTd/HLKd+Jt6uJKbr7rGIYphwAJ6Pp2OhAKgyRQqHKA6uxJziBawbAn7ig1p6W6rJ06vqEZV+S65D7fMI0L6V8u"
+    "VPeMtqOcrjPmK6cA2Bs7S/AIgnSTUtq9pGDMu24I/e0Y6AnPeLcE7gyWLKR1VT+mLUXIHPxOUvN1YqVc53jjZZjGIumo014GBnkm"
+    "b5bTawVAbG/zKVsQodSgNiKrqZwANgO83qUSusEk88xTgU6g5QYhCtxoGlTjzCJH/9k="
+)
+SMALL_CAT_TOP3 = ["0.316569:281:tabby", "0.207830:282:tiger cat", "0.148923:285:Egyptian cat"]
 
 INFER = Operation(
     summary="Run inference (Open Inference Protocol v2)",
@@ -106,12 +120,10 @@ INFER = Operation(
                 "decoded and preprocessed as /infer does). The classification extension returns the top k "
                 "as \"score:index:label\".\n\n" + BINARY_EXTENSION,
     path_parameters=MODEL_PARAMETERS,
-    parameters=({"name": oip.HEADER_LENGTH, "in": "header", "required": False, "schema": {"type": "integer", "minimum": 0},
-                 "description": "The binary tensor data extension: the JSON header's length."},),
     request_body={"required": True, "content": {
         **json_content(ref("InferenceRequest"), {
             "id": "cat-1", "inputs": [{"name": "input", "datatype": "BYTES", "shape": [1],
-                                       "data": [{"b64": "/9j/4AAQSkZJRg..."}]}],
+                                       "data": [{"b64": SMALL_CAT_JPEG}]}],
             "outputs": [{"name": "logits", "parameters": {"classification": 3}}]}),
         "application/octet-stream": BINARY_BODY}},
     responses={
@@ -120,7 +132,7 @@ INFER = Operation(
                                               "description": "With binary outputs: the JSON header's length."}},
               "content": {**json_content(ref("InferenceResponse"), {
                   "model_name": "efficientnet-lite0", "model_version": "1", "id": "cat-1",
-                  "outputs": [{"name": "logits", "datatype": "BYTES", "shape": [1, 3], "data": CAT}]}),
+                  "outputs": [{"name": "logits", "datatype": "BYTES", "shape": [1, 3], "data": SMALL_CAT_TOP3}]}),
                   "application/octet-stream": BINARY_BODY}},
         400: error("The request does not describe tensors this model takes (names, datatype, shape, data), "
                    "or an image cannot be decoded."),
