@@ -23,6 +23,17 @@ test: $(VENV)/.installed $(MODEL_DIR)/model.onnx system-deps browser-deps
 test-fast: $(VENV)/.installed $(MODEL_DIR)/model.onnx
 	$(BIN)/pytest -q -m "not system and not slow"
 
+# The suite under coverage.py with branch coverage of inferd/ (pyproject.toml [tool.coverage.*]),
+# daemon subprocesses included; an HTML report in htmlcov/ and the total on one line. The tests that
+# boot systemd or a container are left out: their inferd runs from a venv of its own, unmeasured.
+COVERAGE_TESTS ?= -m "not system and not container"
+coverage: $(VENV)/.installed $(MODEL_DIR)/model.onnx browser-deps
+	rm -rf htmlcov .coverage .coverage.*
+	$(BIN)/coverage run -m pytest -q $(COVERAGE_TESTS)
+	$(BIN)/coverage combine -q
+	$(BIN)/coverage html -q
+	@echo "coverage of inferd/, lines and branches: $$($(BIN)/coverage report --format=total)% (htmlcov/index.html)"
+
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -56,7 +67,7 @@ container-deps:
 	$(call install-missing,$(CONTAINER_PACKAGES))
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis $(MODEL_DIR)/model.onnx
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis htmlcov .coverage .coverage.* $(MODEL_DIR)/model.onnx
 
 # Benchmarks (issue 5): inferd vs. the in-process limit vs. the reference design; (issue 12) vs. the
 # CPU bound and the peer model servers. Bench-only dependencies (the reference design: FastAPI,
