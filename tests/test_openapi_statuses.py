@@ -11,8 +11,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import socket
-from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -20,6 +18,7 @@ from PIL import Image
 
 from inferd.routes import docs
 from tests.support import REPO, config_for
+from tests.test_server import Raw
 
 DOC = docs.openapi_document()
 TOKEN = "s3cret"
@@ -60,16 +59,11 @@ def servers(tiny_model_dir):
 
 def raw_status(url: str, request: bytes) -> int:
     """The status of the answer to `request`, sent as bytes on a new connection."""
-    parts = urlsplit(url)
-    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
-        sock.sendall(request)
-        answer = b""
-        while b"\r\n" not in answer:
-            data = sock.recv(4096)
-            if not data:
-                break
-            answer += data
-    return int(answer.split(b" ", 2)[1])
+    raw = Raw(url)
+    try:
+        return raw.send(request).response().status
+    finally:
+        raw.close()
 
 
 def concrete(path: str, model: str) -> str:

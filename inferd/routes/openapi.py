@@ -141,6 +141,15 @@ def _operation(route: Route, handler: Callable, doc: Operation, guards: list[Gua
         operation["parameters"] = parameters
     if doc.request_body is not None:
         operation["requestBody"] = doc.request_body
+    operation["responses"] = _responses(route, doc, guards)
+    security = [requirement for guard in guards for requirement in guard.security]
+    if security:
+        operation["security"] = security
+    return operation
+
+
+def _responses(route: Route, doc: Operation, guards: list[Guard]) -> dict:
+    """The HTTP layer's statuses (by reference), then the guards' and the handler's own."""
     general = {**ANY_ROUTE, **_body_responses(route.body)}
     specific = {}
     for extra in [guard.responses for guard in guards] + [doc.responses]:
@@ -148,28 +157,29 @@ def _operation(route: Route, handler: Callable, doc: Operation, guards: list[Gua
     responses = {status: {"$ref": f"#/components/responses/{name}"} for status, (name, _) in general.items()}
     for status, response in specific.items():
         responses[status] = _merge(general[status][1], response) if status in general else response
-    operation["responses"] = {str(status): responses[status] for status in sorted(responses)}
-    security = [requirement for guard in guards for requirement in guard.security]
-    if security:
-        operation["security"] = security
-    return operation
+    return {str(status): responses[status] for status in sorted(responses)}
 
 
 def _merge(general: dict, specific: dict) -> dict:
     """One status answered for two reasons (a route's own 503 and the thread cap's): both
-    descriptions, and either body."""
+    descriptions, either body, the headers of both."""
     merged = {**general, **specific, "description": f"{specific['description']} Or: {general['description']}"}
-    content = {}
-    for media in {**general.get("content", {}), **specific.get("content", {})}:
-        schemas = [c[media]["schema"] for c in (specific.get("content", {}), general.get("content", {})) if media in c]
-        content[media] = {**specific.get("content", {}).get(media, {}),
-                          "schema": schemas[0] if len(schemas) == 1 or schemas[0] == schemas[1] else {"anyOf": schemas}}
+    content = _either_content(specific.get("content", {}), general.get("content", {}))
     if content:
         merged["content"] = content
     headers = {**general.get("headers", {}), **specific.get("headers", {})}
     if headers:
         merged["headers"] = headers
     return merged
+
+
+def _either_content(first: dict, second: dict) -> dict:
+    content = {}
+    for media in {**second, **first}:
+        schemas = [c[media]["schema"] for c in (first, second) if media in c]
+        one = len(schemas) == 1 or schemas[0] == schemas[1]
+        content[media] = {**first.get(media, {}), "schema": schemas[0] if one else {"anyOf": schemas}}
+    return content
 
 
 def _body_responses(body: str) -> dict:
