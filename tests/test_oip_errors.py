@@ -35,6 +35,10 @@ CASES = [
     ("input not an object", {"inputs": [3]}, b"", 400, "an input must be a JSON object"),
     ("wrong input name", fp32(name="x"), b"", 400, "the input must be named 'input', got 'x'"),
     ("unknown datatype", fp32(datatype="INT8"), b"", 400, "input datatype must be FP32"),
+    # Was a 500: a list is not hashable, and `in DATATYPES` raised TypeError (found by
+    # tests/test_v2.py's fuzz during `make coverage`).
+    ("datatype a list", fp32(datatype=["FP32"]), b"", 400, "input datatype must be FP32"),
+    ("datatype an object", fp32(datatype={"FP32": 1}), b"", 400, "input datatype must be FP32"),
     ("shape not a list", fp32(shape="1,1,2,2"), b"", 400, '"shape" must be a non-empty list of integers'),
     ("negative dimension", fp32(shape=[1, -1, 2, 2]), b"", 400, '"shape" dimensions must be between 0 and 2^31'),
     ("too many items", fp32(shape=[5, 1, 2, 2]), b"", 413, "5 items in one request; the limit is 4"),

@@ -110,7 +110,7 @@ def _input(spec: dict, binary: bytes, name: str, model_shape: tuple[int, ...], m
     if spec.get("name") != name:
         raise TensorError(f"the input must be named {name!r}, got {spec.get('name')!r}")
     datatype = spec.get("datatype")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise TensorError(f"input datatype must be FP32 (a preprocessed tensor) or BYTES (encoded images), "
                           f"got {datatype!r}")
     shape = _shape(spec.get("shape"))
