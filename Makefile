@@ -29,10 +29,10 @@ test-fast: $(VENV)/.installed $(MODEL_DIR)/model.onnx
 COVERAGE_TESTS ?= -m "not system and not container"
 coverage: $(VENV)/.installed $(MODEL_DIR)/model.onnx browser-deps
 	rm -rf htmlcov .coverage .coverage.*
-	$(BIN)/coverage run -m pytest -q $(COVERAGE_TESTS)
-	$(BIN)/coverage combine -q
-	$(BIN)/coverage html -q
-	@echo "coverage of inferd/, lines and branches: $$($(BIN)/coverage report --format=total)% (htmlcov/index.html)"
+	$(BIN)/coverage run -m pytest -q $(COVERAGE_TESTS); status=$$?; \
+	$(BIN)/coverage combine -q && $(BIN)/coverage html -q && \
+	echo "coverage of inferd/, lines and branches: $$($(BIN)/coverage report --format=total)% (htmlcov/index.html)"; \
+	exit $$status
 
 venv: $(VENV)/.installed
 
