@@ -1,6 +1,7 @@
 """Error paths a client can meet that `make coverage` showed unreached (issue 14): a client that
-resets its connection mid-upload, or ends a chunked body early; an empty path segment where a
-name belongs; an admin client address that is not an IP address; statuses without a reason phrase."""
+resets its connection mid-upload, ends a chunked body early, or frames an HTTP/1.0 body as
+chunked; an empty path segment where a name belongs; an admin client address that is not an IP
+address; statuses without a reason phrase."""
 
 from __future__ import annotations
 
@@ -78,3 +79,14 @@ def test_a_status_without_a_reason_phrase_and_a_bare_timeout():
     assert (timed_out.status, timed_out.body) == (408, {"error": "socket read timed out"})
     busy = error_response(HTTPError(503, "later"))
     assert busy.headers["Retry-After"] == "1"
+
+
+def test_transfer_encoding_in_an_http_10_request_is_400(srv):
+    """RFC 9112 §6.1: an HTTP/1.0 recipient cannot know chunked framing; the request is refused."""
+    raw = Raw(srv.url)
+    try:
+        answer = raw.send(b"POST /infer HTTP/1.0\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n"
+                          b"0\r\n\r\n").response()
+    finally:
+        raw.close()
+    assert (answer.status, answer.json()) == (400, {"error": "Transfer-Encoding in an HTTP/1.0 request"})
