@@ -135,6 +135,7 @@ class ServerConfig:
     request_timeout: float = setting(30.0, _positive_float)
     drain_timeout: float = setting(10.0, _non_negative_float)
     admin_token: str = setting("", _text)
+    docs: bool = setting(True, _boolean)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..http.messages import DISCARD, INFERENCE, READ, Route
-from . import admin, keyed, native, v2
+from . import admin, docs, keyed, native, v2
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,9 @@ ROUTES = (
           admit=v2.admit_infer),
     Route("/v2/models/{model}/versions/{version}/infer", {"POST": v2.infer}, pool=INFERENCE, body=READ,
           guard=keyed.guard, admit=v2.admit_infer),
+    # The API described, and a page to try it ([server] docs)
+    Route("/openapi.json", {"GET": docs.openapi_json}),
+    Route("/docs", {"GET": docs.page}),
 )
 
-GUARDS = (("/admin/", admin.guard),)
+GUARDS = (("/admin/", admin.guard), ("/openapi.json", docs.guard), ("/docs", docs.guard))

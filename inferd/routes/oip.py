@@ -93,7 +93,9 @@ def parse_request(document: dict, binary: bytes, *, input_name: str, input_shape
     if not isinstance(inputs, list) or len(inputs) != 1:
         raise TensorError(f'"inputs" must list exactly one tensor, named {input_name!r}')
     tensor = _input(_object(inputs[0], "an input"), binary, input_name, input_shape, max_items)
-    binary_default = parameters.get("binary_data_output", False) is True
+    binary_default = parameters.get("binary_data_output", False)
+    if not isinstance(binary_default, bool):
+        raise TensorError("binary_data_output must be true or false")
     outputs = _outputs(document.get("outputs"), output_name, classes, binary_default)
     return InferRequest(request_id, tensor, outputs, parameters)
 
@@ -108,7 +110,7 @@ def _input(spec: dict, binary: bytes, name: str, model_shape: tuple[int, ...], m
     if spec.get("name") != name:
         raise TensorError(f"the input must be named {name!r}, got {spec.get('name')!r}")
     datatype = spec.get("datatype")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise TensorError(f"input datatype must be FP32 (a preprocessed tensor) or BYTES (encoded images), "
                           f"got {datatype!r}")
     shape = _shape(spec.get("shape"))

@@ -31,6 +31,8 @@ CONFIG = "/etc/inferd/inferd.conf"
 DEFAULT_MODEL = f"{PREFIX}/models/efficientnet-lite0"
 TEST_MODELS = "/opt/inferd-test/models"  # inside the machine; readable by the service's DynamicUser
 DROPIN_DIRS = ("/run/systemd/system/inferd.service.d", "/run/systemd/system/inferd.socket.d")
+# CacheDirectory= under DynamicUser: the optimised graphs of earlier tests' models would stay here.
+CACHE_DIRS = ("/var/cache/private/inferd", "/var/cache/inferd")
 
 # Boot services that would touch the host (sysctl, modules, remounts, /tmp cleaning, utmp...) or
 # need a real machine; the issue's verified recipe masks exactly these.
@@ -240,8 +242,9 @@ def install(machine: Machine) -> None:
 
 def reset(machine: Machine) -> None:
     machine.systemctl("stop", "inferd.socket", "inferd.service", check=False, timeout=60)
-    for directory in DROPIN_DIRS:
+    for directory in DROPIN_DIRS + CACHE_DIRS:
         shutil.rmtree(machine.path(directory), ignore_errors=True)
+    machine.path(CACHE_DIRS[1]).unlink(missing_ok=True)  # a symlink to the private one
     machine.write(CONFIG, machine.test_config)
     machine.systemctl("daemon-reload")
     machine.systemctl("reset-failed", "inferd.service", "inferd.socket", check=False)
