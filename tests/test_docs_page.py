@@ -3,8 +3,8 @@ through Debian's chromium-driver (`make browser-deps` installs both).
 
 A person's path through the page: it loads with no console error and no request beyond
 127.0.0.1; a cat photo gives labelled bars with the right top label; a text file and a file over
-the body limit show the server's own words; every control is reachable with the keyboard; at
-phone width nothing scrolls sideways."""
+the body limit show the server's own words; with API keys on, the server's 401 until a key is
+typed in; every control is reachable with the keyboard; at phone width nothing scrolls sideways."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
+from inferd import keys
 from tests.support import EXPECTED_TOP1, config_for
 
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -141,6 +142,24 @@ def test_page_classifies_a_cat_and_shows_the_servers_errors(browser, site, image
     assert [u for u in requested_urls(browser) if not served_here(u)] == []
 
 
+def test_page_sends_the_api_key_typed_in(browser, serve, default_model_dir, images, tmp_path):
+    key = keys.new_key()
+    keys_path = tmp_path / "keys"
+    keys_path.write_text(keys.KeyLine("browser", keys.key_hash(key), {}).text() + "\n")
+    keys_path.chmod(0o600)
+    keyed = serve(config_for(default_model_dir, auth={"keys_file": str(keys_path)}, logging={"access_log": "false"}))
+    browser.get(f"{keyed.url}/docs")
+    wait_for(browser, "#model option")
+    cat = tmp_path / "cat.jpg"
+    cat.write_bytes(images["cat.jpg"])
+    upload(browser, cat)
+    assert answer_for(browser, "cat.jpg", ".error")[0].text.startswith("401 ")
+    browser.find_element(By.ID, "key").send_keys(key)
+    upload(browser, cat)
+    assert answer_for(browser, "cat.jpg", ".bars .label")[0].text in EXPECTED_TOP1["cat.jpg"]
+    assert all(" 401 " in e for e in console_errors(browser))
+
+
 def test_page_works_with_the_keyboard_and_at_phone_width(browser, site, images, tmp_path):
     browser.set_window_size(375, 812)
     browser.get(f"{site.url}/docs")
@@ -149,11 +168,11 @@ def test_page_works_with_the_keyboard_and_at_phone_width(browser, site, images, 
     assert width[0] <= width[1], f"the page scrolls sideways at 375 px: {width}"
 
     reached = []
-    for _ in range(8):  # Tab as a person presses it (send_keys to a file input would choose a file)
+    for _ in range(10):  # Tab as a person presses it (send_keys to a file input would choose a file)
         ActionChains(browser).send_keys(Keys.TAB).perform()
         active = browser.switch_to.active_element
         reached.append(active.get_attribute("id") or active.tag_name)
-    assert {"files", "model", "topk", "button", "summary"} <= set(reached), reached
+    assert {"files", "model", "topk", "key", "button", "summary"} <= set(reached), reached
 
     cat = tmp_path / "cat.jpg"
     cat.write_bytes(images["cat.jpg"])
