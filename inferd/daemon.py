@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import libc, loading
+from . import loading
 from .config import Config, ConfigError, restart_only_changes
 from .control import Control, ReloadRequest
 from .batcher import RunGate
@@ -55,7 +55,6 @@ class Daemon:
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; returns the exit code. Raises ConfigError or ModelError at start."""
         codec_log.install()
-        libc.keep_large_blocks_unmappable()
         self._start(self.load_config())
         self._main_loop()
         return self.stop()

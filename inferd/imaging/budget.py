@@ -6,6 +6,11 @@ The pixel limit alone does not bound memory: a 124 KB PNG can declare 8000x8000 
 that does not fit now waits up to `wait` seconds for room and is then refused with 503. At most
 `max_images` images decode at once (decoding is CPU-bound: more than a few per core only hold more
 memory at once, not finish sooner); the others wait their turn within the same `wait`.
+
+glibc keeps memory freed in its heaps mapped, so after a large image RSS would stay where the
+decode took it; the heaps are trimmed after each image that cost `TRIM_AFTER` bytes or more.
+(A fixed mmap threshold would also give such memory back, but every large block a request
+allocates would then be a fresh mapping: 18-24% fewer 12 MP photos per second.)
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ import contextlib
 import os
 import threading
 
+from .. import libc
 from .errors import DecodeBusy, ImageTooLarge
 
 MB = 1024 * 1024
+TRIM_AFTER = 64 * MB
 
 
 class DecodeBudget:
@@ -56,3 +63,5 @@ class DecodeBudget:
                 self._used -= cost
                 self._images -= 1
                 self._changed.notify_all()
+            if cost >= TRIM_AFTER:
+                libc.trim()
