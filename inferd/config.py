@@ -149,7 +149,6 @@ class ModelConfig:
     providers: tuple = setting(("CPUExecutionProvider",), _providers)
     provider_fallback: bool = setting(False, _boolean)
     optimized_cache: str = setting("", _text)
-    memory_arena: bool = setting(True, _boolean)
 
 
 @dataclass(frozen=True)

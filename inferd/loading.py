@@ -47,7 +47,7 @@ class Source:
             except OSError as exc:
                 digest.update(f"unreadable {path}: {exc}".encode())
         digest.update(repr((config.model.intra_op_threads, config.model.inter_op_threads, config.model.providers,
-                            config.model.provider_fallback, config.model.memory_arena, config.batching)).encode())
+                            config.model.provider_fallback, config.batching)).encode())
         return digest.hexdigest()
 
 
@@ -122,7 +122,6 @@ def load_version(source: Source, config: Config, metrics, fingerprint: str = "",
         intra_op_threads=intra, inter_op_threads=config.model.inter_op_threads,
         warmup_batch=batching.max_batch_size, providers=config.model.providers,
         provider_fallback=config.model.provider_fallback, optimized_cache=config.optimized_cache_dir(),
-        memory_arena=config.model.memory_arena,
     )
     observed = metrics.for_version(source.name, source.version) if metrics is not None else None
     batcher = Batcher(model, max_batch_size=batching.max_batch_size, max_queue_delay_ms=batching.max_queue_delay_ms,

@@ -173,7 +173,7 @@ def softmax(scores: np.ndarray) -> np.ndarray:
 def load(model_dir: Path, model_file: Path, labels_file: Path, *, manifest_file: Path | None = None,
          intra_op_threads: int = 0, inter_op_threads: int = 1, warmup_batch: int = 1,
          providers: tuple[str, ...] = (providers_module.CPU,), provider_fallback: bool = False,
-         optimized_cache: Path | None = None, memory_arena: bool = True) -> Model:
+         optimized_cache: Path | None = None) -> Model:
     """Load, check and warm up a model; raises ModelError with a reason an operator can act on.
     With `optimized_cache`, onnxruntime's optimised graph is kept there (optimized.py)."""
     manifest = read_manifest(manifest_file or model_dir / "model.ini")
@@ -184,7 +184,7 @@ def load(model_dir: Path, model_file: Path, labels_file: Path, *, manifest_file:
     except providers_module.ProviderError as exc:
         raise ModelError(f"{model_file}: {exc}") from None
     session = _session(data, model_file, intra_op_threads or available_cores(), inter_op_threads, choice,
-                       optimized_cache, memory_arena)
+                       optimized_cache)
     model = Model(manifest, labels, session, hashlib.sha256(data).hexdigest(), model_file)
     _check_shapes(model, model_file)
     warm_up(model, warmup_batch)
@@ -205,8 +205,7 @@ def _read_model_bytes(path: Path) -> bytes:
         raise ModelError(f"{path}: cannot read model: {exc.strerror or exc}") from None
 
 
-def _session(data: bytes, path: Path, intra: int, inter: int, choice, cache: Path | None,
-             arena: bool = True) -> ort.InferenceSession:
+def _session(data: bytes, path: Path, intra: int, inter: int, choice, cache: Path | None) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra
     options.inter_op_num_threads = inter
@@ -218,9 +217,6 @@ def _session(data: bytes, path: Path, intra: int, inter: int, choice, cache: Pat
     # and cost up to a quarter of the throughput under load. The price, a slower first operator
     # after a pause, is smallest when the decoding thread runs the model itself (batcher.py).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    # Without the arena, memory for a batch's activations is returned after each run instead of
-    # kept at its largest (a batch of 8 keeps ~64 MB on EfficientNet-Lite0).
-    options.enable_cpu_mem_arena = arena
     providers = providers_module.session_options(options, choice)
     try:
         if cache is not None and providers == [providers_module.CPU]:
