@@ -22,7 +22,7 @@ from tests.system.systemd_machine import PREFIX, REPO
 
 pytestmark = pytest.mark.system
 
-EXPOSURE_LIMIT = 2.0
+EXPOSURE_LIMIT = 0.9  # what the shipped units rate under systemd 252; a new setting must not raise it
 ROLL = f"{PREFIX}/bin/inferd-roll"
 WARM_UP = 40  # answers before a fault, and after it, so that it happens under load
 
@@ -79,7 +79,7 @@ def retries_since(fleet: Fleet, before: dict[str, float]) -> str:
 
 
 def test_units_and_config_are_hardened_and_valid(fleet, tmp_path):
-    """inferd@.service keeps inferd.service's hardening (exposure <= 2.0), each instance runs as
+    """inferd@.service keeps inferd.service's hardening (exposure <= 0.9), each instance runs as
     its own dynamic user, HAProxy accepts the config, and /admin/* is not reachable through it."""
     template = (REPO / "systemd" / "inferd@.service").read_text()
     single = (REPO / "systemd" / "inferd.service").read_text()

@@ -17,7 +17,7 @@ from tests.system.systemd_machine import PREFIX, REPO, dropin
 
 pytestmark = pytest.mark.system
 
-EXPOSURE_LIMIT = 2.0
+EXPOSURE_LIMIT = 0.9  # what the shipped units rate under systemd 252; a new setting must not raise it
 CAT = EXPECTED_TOP1["cat.jpg"]
 
 
