@@ -214,6 +214,7 @@ def test_reloads_add_remove_change_and_break_models_under_load(start_daemon, tmp
     assert set(load.statuses("leaving")) <= {200, 404} and set(load.statuses("arriving")) <= {200, 404}
     assert load.statuses("arriving")[200] > 0 and load.statuses("leaving")[404] > 0
     assert sum(load.tally.values()) > 100
+    print("answers:", {model: dict(load.statuses(model)) for model in load.models})
     health = requests.get(f"{daemon.url}/health", timeout=10).json()
     states = {m["name"]: m for m in health["models"]}
     assert "leaving" not in states and states["breaking"]["versions"] == [{"version": "1", "state": "ready"}]
@@ -223,6 +224,48 @@ def test_reloads_add_remove_change_and_break_models_under_load(start_daemon, tmp
     assert 'inferd_model_reloads_total{model="breaking",result="failure"} 1' in text
     assert 'inferd_model_reloads_total{model="changing",result="success"} 1' in text
     assert "reload failed for model breaking" in daemon.log()
+
+
+def real_model(repository: Path, name: str, source: Path, versions: list[str]) -> Path:
+    """repository/name with numbered versions of a built model (EfficientNet-Lite0, ResNet-50)."""
+    root = repository / name
+    for number in versions:
+        (root / number).mkdir(parents=True)
+        (root / number / "model.onnx").symlink_to(source / "model.onnx")
+    for shared in ("model.ini", "labels.txt"):
+        (root / shared).symlink_to(source / shared)
+    return root
+
+
+def test_real_models_reload_under_load_and_a_broken_resnet50_keeps_serving(
+        start_daemon, tmp_path, default_model_dir, resnet50_dir, tiny_model_dir):
+    """The issue's repository under load from 8 connections: EfficientNet-Lite0 gains a version 2
+    (loaded, then swapped in while it serves), ResNet-50 gains a version 2 that cannot load (its
+    version 1 keeps serving), a tiny model leaves and another arrives."""
+    repository = tmp_path / "repo"
+    real_model(repository, "lite0", default_model_dir, ["1"])
+    real_model(repository, "resnet50", resnet50_dir, ["1"])
+    tiny_model(repository, "leaving", tiny_model_dir, {"1": "leaving-"})
+    daemon = start_daemon(f"[models]\nrepository = {repository}\ndefault = lite0\n")
+    with Load(daemon.url, ["lite0", "resnet50", "leaving", "arriving"]) as load:
+        time.sleep(1.0)
+        (repository / "lite0" / "2").mkdir()
+        (repository / "lite0" / "2" / "model.onnx").symlink_to(default_model_dir / "model.onnx")
+        (repository / "resnet50" / "2").mkdir()
+        (repository / "resnet50" / "2" / "model.onnx").write_bytes(b"not an onnx graph")
+        shutil.rmtree(repository / "leaving")
+        tiny_model(repository, "arriving", tiny_model_dir, {"1": "arriving-"})
+        status, outcome = reload(daemon)
+        time.sleep(1.5)
+    assert status == 500 and "failed: resnet50: model.onnx: onnxruntime cannot load" in outcome["error"]
+    for model in ("lite0", "resnet50"):  # never failed: every answer a 200
+        assert set(load.statuses(model)) == {200}, (model, load.statuses(model))
+    versions = {(m, version) for (m, status, version, _) in load.tally if status == 200}
+    assert {("lite0", "1"), ("lite0", "2"), ("resnet50", "1")} <= versions and ("resnet50", "2") not in versions
+    assert set(load.statuses("leaving")) <= {200, 404} and load.statuses("arriving")[200] > 0
+    print("answers:", {model: dict(load.statuses(model)) for model in load.models}, "versions:", sorted(versions))
+    health = {m["name"]: m for m in requests.get(f"{daemon.url}/health", timeout=10).json()["models"]}
+    assert health["resnet50"]["versions"] == [{"version": "1", "state": "ready"}] and "leaving" not in health
 
 
 def test_one_model_reloads_alone_and_an_unchanged_one_is_kept(start_daemon, tmp_path, tiny_model_dir):
