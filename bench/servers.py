@@ -84,8 +84,10 @@ class NotifySocket:
         os.unlink(self.path)
 
 
-def start_inferd(model_dir: Path, workdir: Path, config: str = "", timeout: float = 120.0) -> Server:
-    """Run `python -m inferd` on 127.0.0.1, port 0, with `model_dir` and extra INI `config` text.
+def start_inferd(model_dir: Path, workdir: Path, config: str = "", timeout: float = 120.0,
+                 env: dict[str, str] | None = None) -> Server:
+    """Run `python -m inferd` on 127.0.0.1, port 0, with `model_dir`, extra INI `config` text and extra
+    environment variables `env` (INFERD_<SECTION>_<KEY> overrides).
 
     Returns once READY=1 arrived; `started_in` is the time from spawn to READY=1. Raises
     RuntimeError with the daemon's log when it exits or stays silent.
@@ -95,7 +97,8 @@ def start_inferd(model_dir: Path, workdir: Path, config: str = "", timeout: floa
     config_path.write_text(f"[model]\npath = {Path(model_dir).resolve()}\n[logging]\naccess_log = false\n{config}")
     notify = NotifySocket(workdir)
     log_path = workdir / "inferd.log"
-    env = {**os.environ, "NOTIFY_SOCKET": notify.path, "INFERD_SERVER_PORT": "0", "INFERD_SERVER_HOST": "127.0.0.1"}
+    env = {**os.environ, **(env or {}), "NOTIFY_SOCKET": notify.path, "INFERD_SERVER_PORT": "0",
+           "INFERD_SERVER_HOST": "127.0.0.1"}
     began = time.monotonic()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "inferd", "--config", str(config_path)],
