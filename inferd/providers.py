@@ -55,7 +55,9 @@ def choose(wanted: tuple[str, ...], fallback: bool) -> Choice:
 
 def _add(choice: Choice, name: str) -> str | None:
     """Add `name` to `choice`; the reason it cannot be had, or None."""
-    if name in ort.get_available_providers():
+    # Once registered, a plugin is listed among the available providers too, but a session gets it
+    # only through its devices: asked for by name, onnxruntime quietly runs on the CPU instead.
+    if name in ort.get_available_providers() and name not in _registered:
         if choice.plugin is None:
             choice.builtin.append(name)
         return None

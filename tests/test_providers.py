@@ -41,9 +41,27 @@ def test_with_fallback_an_unavailable_provider_is_skipped_with_a_warning(start_d
 
 def test_a_plugin_provider_names_the_package_it_comes_from():
     with pytest.raises(Exception) as missing:
-        choose(("OpenVINOExecutionProvider",), fallback=False)
-    assert "onnxruntime-ep-openvino" in str(missing.value)
-    assert choose(("OpenVINOExecutionProvider",), fallback=True).builtin == ["CPUExecutionProvider"]
+        choose(("ExampleExecutionProvider",), fallback=False)
+    assert "onnxruntime-ep-example" in str(missing.value)
+    assert choose(("ExampleExecutionProvider",), fallback=True).builtin == ["CPUExecutionProvider"]
+
+
+def test_every_model_loaded_with_the_openvino_plugin_gets_it(tiny_model_dir):
+    """The plugin is registered once per process; the second model (or a reload) must still get
+    its devices, not a session that quietly runs on the CPU. Where OpenVINO offers no device (it
+    did not on an AMD EPYC), every load is refused alike."""
+    pytest.importorskip("onnxruntime_ep_openvino", reason="the test extra onnxruntime-ep-openvino is not installed")
+    from inferd import model
+
+    outcomes = []
+    for _ in range(3):
+        try:
+            outcomes.append(model.load(tiny_model_dir, tiny_model_dir / "model.onnx", tiny_model_dir / "labels.txt",
+                                       providers=("OpenVINOExecutionProvider",)).providers())
+        except ModelError as refused:
+            outcomes.append(str(refused).split(": ", 1)[1])
+    assert outcomes[0] == outcomes[1] == outcomes[2], outcomes
+    assert outcomes[0][0] == "OpenVINOExecutionProvider" or "offers no device" in outcomes[0]
 
 
 def test_providers_must_be_provider_names():
