@@ -1,6 +1,7 @@
 """The two systemd protocols inferd speaks: sd_notify(3) and socket activation (sd_listen_fds(3)).
 
-Both are no-ops outside systemd, and `notify` never raises: a lost status line must not stop serving.
+Both are no-ops outside systemd, and `notify` never raises nor waits long: a lost status line must
+not stop serving.
 """
 
 from __future__ import annotations
@@ -10,6 +11,10 @@ import socket
 import time
 
 LISTEN_FDS_START = 3
+# A datagram socket whose reader has fallen behind (its queue holds net.unix.max_dgram_qlen
+# datagrams, 10 by default) blocks the sender; the main loop sends these, so it waits this long
+# at most and drops the line.
+NOTIFY_PATIENCE = 0.5
 
 
 def notify(*fields: str, env: dict | None = None) -> bool:
@@ -21,6 +26,7 @@ def notify(*fields: str, env: dict | None = None) -> bool:
         address = "\0" + address[1:]  # abstract namespace
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.settimeout(NOTIFY_PATIENCE)
             sock.connect(address)
             sock.sendall("\n".join(fields).encode("utf-8", "replace"))
         return True

@@ -116,6 +116,22 @@ def test_idle_keep_alive_connection_does_not_delay_stop(start_daemon, tiny_model
     session.close()
 
 
+def test_a_notify_socket_nobody_reads_does_not_stop_reloads_or_shutdown(start_daemon, tiny_model_dir):
+    """A $NOTIFY_SOCKET whose reader stopped reading fills after net.unix.max_dgram_qlen datagrams
+    (10 by default) and then blocks its senders: the 120 s soak, which reloads every 16 s and
+    never reads the socket, hung the main loop in sd_notify, and SIGTERM with it."""
+    daemon = start_daemon(f"[model]\npath = {tiny_model_dir}\n")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as filler:
+        filler.connect(daemon.notify.path)
+        with pytest.raises(BlockingIOError):
+            for _ in range(100_000):
+                filler.send(b"STATUS=filling the queue", socket.MSG_DONTWAIT)
+    for _ in range(3):
+        assert requests.post(f"{daemon.url}/admin/reload", timeout=10).status_code == 200
+    daemon.signal(signal.SIGTERM)
+    assert daemon.proc.wait(timeout=10) == 0
+
+
 def test_missing_model_exits_1_with_the_reason(tmp_path):
     result = subprocess.run([sys.executable, "-m", "inferd", "--model", str(tmp_path / "nothing"), "--port", "0"],
                             capture_output=True, text=True, timeout=60)
