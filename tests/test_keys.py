@@ -349,7 +349,8 @@ def test_brute_forcing_keys_from_many_connections(start_daemon, tmp_path, tiny_m
           f"{p99 * 1000:.1f} ms, daemon CPU {cpu_per_guess * 1000:.2f} ms per guess; a keyed client's p50 "
           f"{alone * 1000:.1f} ms alone, {attacked * 1000:.1f} ms under it")
     assert {status for status, _ in guesses} == {401} and len(guesses) >= 400
-    assert p99 < 0.25 and cpu_per_guess < 0.001
+    # make coverage traces the daemon too, which costs it three to four times the CPU per request
+    assert p99 < 0.25 and cpu_per_guess < (0.004 if sys.gettrace() is not None else 0.001)
     assert attacked < 4 * alone + 0.010
     view = requests.get(f"{daemon.url}/metrics", timeout=10).json()
     assert view["images"]["ok"] - before == 60  # the good client's images alone: no guess was decoded
