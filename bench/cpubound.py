@@ -12,14 +12,14 @@ import os
 import time
 from pathlib import Path
 
-from .loadgen import loadgen
+from .loadgen import inprocess
 
 BATCH_SIZES = (1, 8)
 
 
 def runner(model_dir: Path, data: bytes):
     """classify(batch_size) of `data` with inferd's code and one intra-op thread."""
-    return loadgen.limit_runner(model_dir, data, threads=1, warmup_batch=max(BATCH_SIZES))
+    return inprocess.limit_runner(model_dir, data, threads=1, warmup_batch=max(BATCH_SIZES))
 
 
 def cpu_seconds_per_image(classify, batch_size: int, seconds: float) -> float:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import servers, throughput
-from .loadgen import loadgen
+from .loadgen import inprocess
 from .progress import progress
 
 SPEEDUP_TO_SHIP = 1.3
@@ -64,7 +64,7 @@ def _speed(model: str, float_dir: Path, int8_dir: Path, images: dict[str, Path],
     for label, path in images.items():
         data = path.read_bytes()
         for kind, directory in (("float", float_dir), ("int8", int8_dir)):
-            runners[(f"limit, {label}", kind)] = loadgen.limit_runner(directory, data, warmup_batch=8)
+            runners[(f"limit, {label}", kind)] = inprocess.limit_runner(directory, data, warmup_batch=8)
     for kind, directory in (("float", float_dir), ("int8", int8_dir)):
         for size in (1, 8):
             runners[(f"session.run, batch {size}", kind)] = _session_runner(directory, size)
@@ -85,7 +85,7 @@ def _speed(model: str, float_dir: Path, int8_dir: Path, images: dict[str, Path],
 
 def _rate(classify, name: str, seconds: float) -> float:
     if name.startswith("limit"):
-        return max(loadgen.images_per_second(classify, size, seconds / 2, None)[0] for size in (1, 8))
+        return max(inprocess.images_per_second(classify, size, seconds / 2, None)[0] for size in (1, 8))
     return classify(seconds)
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import cpubound, report, servers
-from .loadgen import loadgen
+from .loadgen import inprocess, loadgen
 from .progress import progress
 
 CONCURRENCY = (1, 4, 16)
@@ -120,15 +120,15 @@ def ratios_by_round(limit_rounds: list[dict], rounds: dict, bounds: list[dict]) 
 
 def _measure_group(model: str, model_dir: Path, label: str, path: Path, running, settings: Settings) -> Group:
     data = path.read_bytes()
-    classify = loadgen.limit_runner(model_dir, data, threads=settings.intra_op_threads,
-                                    warmup_batch=max(loadgen.LIMIT_BATCH_SIZES))
+    classify = inprocess.limit_runner(model_dir, data, threads=settings.intra_op_threads,
+                                    warmup_batch=max(inprocess.LIMIT_BATCH_SIZES))
     one_thread = cpubound.runner(model_dir, data)
     content_type, body = loadgen.multipart_body(data, path.name)
     limit_rounds, rounds, bounds = [], {}, []
     for number in range(settings.rounds):
-        limit_rounds.append({size: loadgen.images_per_second(classify, size, settings.limit_seconds, None)
-                             for size in loadgen.LIMIT_BATCH_SIZES})
-        limit = loadgen.best_limit(limit_rounds[-1:])
+        limit_rounds.append({size: inprocess.images_per_second(classify, size, settings.limit_seconds, None)
+                             for size in inprocess.LIMIT_BATCH_SIZES})
+        limit = inprocess.best_limit(limit_rounds[-1:])
         bounds.append(cpubound.measure(one_thread, settings.limit_seconds))
         progress(f"{model}, {label}, round {number + 1}: limit {limit['throughput']:.1f} images/s "
                  f"(batch {limit['best_batch_size']}), one image {limit['single_ms']:.1f} ms; CPU bound "
@@ -145,12 +145,12 @@ def _measure_group(model: str, model_dir: Path, label: str, path: Path, running,
                          f"{result['throughput']:6.1f} images/s, p50 {result['p50_ms']:.0f} ms, "
                          f"p99 {result['p99_ms']:.0f} ms, statuses {result['statuses']}"
                          + (f", errors {result['errors']}" if result["errors"] else ""))
-    group = Group(model, label, loadgen.best_limit(limit_rounds), bound=bounds)
+    group = Group(model, label, inprocess.best_limit(limit_rounds), bound=bounds)
     group.load = {cell: max(results, key=lambda r: r["throughput"]) for cell, results in rounds.items()}
     group.by_round = ratios_by_round(limit_rounds, rounds, bounds)
     if 1 in settings.concurrency:
         inferd = next(server for server in running if server.name == "inferd")
-        group.paired = loadgen.paired_summary(*loadgen.take_turns(
+        group.paired = inprocess.paired_summary(*inprocess.take_turns(
             inferd.url, body, content_type, classify, duration=settings.seconds * settings.rounds, count=None))
         progress(f"{model}, {label}, in turns: inferd p50 {group.paired['inferd_p50_ms']:.1f} ms, in-process "
                  f"{group.paired['limit_p50_ms']:.1f} ms over {group.paired['pairs']} turns")

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from inferd.http import multipart
-from inferd.tools import bench
+from inferd.tools import bench, loadclient
 from tests.support import config_for
 
 
@@ -29,16 +29,16 @@ def cat(images, tmp_path):
 
 
 def test_multipart_body_is_one_file_part_named_file(images):
-    content_type, body = bench.multipart_body(images["cat.jpg"], "cat.jpg")
+    content_type, body = loadclient.multipart_body(images["cat.jpg"], "cat.jpg")
     parts = list(multipart.iter_parts([body], multipart.parse_boundary(content_type), max_body_bytes=len(body),
                                       max_parts=4, max_header_bytes=1024, max_part_bytes=len(body)))
     assert [(p.name, p.filename, p.data) for p in parts] == [("file", "cat.jpg", images["cat.jpg"])]
 
 
 def test_count_mode_sends_exactly_count_requests_over_keep_alive(server, images):
-    content_type, body = bench.multipart_body(images["cat.jpg"], "cat.jpg")
-    tally = bench.run_load(server.url, body, content_type, connections=4, count=25)
-    result = bench.summarise(tally)
+    content_type, body = loadclient.multipart_body(images["cat.jpg"], "cat.jpg")
+    tally = loadclient.run_load(server.url, body, content_type, connections=4, count=25)
+    result = loadclient.summarise(tally)
     assert result["requests"] == result["ok"] == 25
     assert result["statuses"] == {"200": 25} and result["errors"] == {}
     assert len(tally.latencies) == 25 and result["throughput"] > 0
@@ -53,24 +53,24 @@ def test_a_list_of_bodies_is_sent_in_turn(serve, tiny_model_dir):
 
     photos = distinct_photos(3)
     assert len(set(photos + changed_pixels(photos[0], 5))) == 8
-    bodies = [bench.multipart_body(photo, "p.jpg", boundary="b0undary") for photo in photos]
+    bodies = [loadclient.multipart_body(photo, "p.jpg", boundary="b0undary") for photo in photos]
     server = serve(config_for(tiny_model_dir, cache={"max_bytes": 1 << 20}))
-    tally = bench.run_load(server.url, [body for _, body in bodies], bodies[0][0], connections=3, count=9)
+    tally = loadclient.run_load(server.url, [body for _, body in bodies], bodies[0][0], connections=3, count=9)
     assert tally.statuses == {200: 9}
     view = server.daemon.metrics.snapshot_json()["cache"]
     assert (view["misses"], view["hits"]) == (3, 6)
 
 
 def test_duration_mode_stops_after_the_duration(server, images):
-    content_type, body = bench.multipart_body(images["cat.jpg"], "cat.jpg")
-    tally = bench.run_load(server.url, body, content_type, connections=2, duration=0.5)
+    content_type, body = loadclient.multipart_body(images["cat.jpg"], "cat.jpg")
+    tally = loadclient.run_load(server.url, body, content_type, connections=2, duration=0.5)
     assert tally.statuses[200] >= 1 and not tally.errors
     assert 0.5 <= tally.elapsed < 10
 
 
 def test_error_statuses_are_tallied_not_counted_as_throughput(server):
-    content_type, body = bench.multipart_body(b"not an image at all", "notes.txt")
-    result = bench.summarise(bench.run_load(server.url, body, content_type, connections=2, count=6))
+    content_type, body = loadclient.multipart_body(b"not an image at all", "notes.txt")
+    result = loadclient.summarise(loadclient.run_load(server.url, body, content_type, connections=2, count=6))
     assert result["statuses"] == {"415": 6}
     assert result["requests"] == 6 and result["ok"] == 0 and result["throughput"] == 0
 
@@ -80,25 +80,25 @@ def test_connection_errors_are_counted_by_type():
     closed.bind(("127.0.0.1", 0))  # bound, never listening: every connect is refused
     try:
         url = f"http://127.0.0.1:{closed.getsockname()[1]}"
-        tally = bench.run_load(url, b"x", "image/jpeg", connections=2, count=5, timeout=5)
+        tally = loadclient.run_load(url, b"x", "image/jpeg", connections=2, count=5, timeout=5)
     finally:
         closed.close()
     assert tally.errors == {"ConnectionRefusedError": 5} and not tally.statuses
-    assert bench.summarise(tally)["requests"] == 5
+    assert loadclient.summarise(tally)["requests"] == 5
 
 
 def test_run_load_needs_a_count_or_a_duration():
     with pytest.raises(ValueError):
-        bench.run_load("http://127.0.0.1:1", b"", "image/jpeg")
+        loadclient.run_load("http://127.0.0.1:1", b"", "image/jpeg")
 
 
 def test_percentile_is_nearest_rank():
     values = [float(v) for v in range(1, 101)]
-    assert bench.percentile(values, 50) == 50.0
-    assert bench.percentile(values, 99) == 99.0
-    assert bench.percentile(values, 100) == 100.0
-    assert bench.percentile([7.0], 90) == 7.0
-    assert bench.percentile([], 50) == 0.0
+    assert loadclient.percentile(values, 50) == 50.0
+    assert loadclient.percentile(values, 99) == 99.0
+    assert loadclient.percentile(values, 100) == 100.0
+    assert loadclient.percentile([7.0], 90) == 7.0
+    assert loadclient.percentile([], 50) == 0.0
 
 
 def test_command_line_json_against_a_server(server, cat, capsys):
@@ -143,7 +143,7 @@ def _served(server, expected: int = 0, timeout: float = 5.0) -> int:
 
 
 def test_paired_takes_turns_one_request_then_one_in_process_image(server, tiny_model_dir, images):
-    content_type, body = bench.multipart_body(images["cat.jpg"], "cat.jpg")
+    content_type, body = loadclient.multipart_body(images["cat.jpg"], "cat.jpg")
     order = []
     served_before = _served(server)
 
@@ -185,18 +185,18 @@ def test_command_line_paired_exits_1_when_the_server_refuses_the_image(server, t
     (b"HTTP/1.1 200 OK\r\nConnection: close", (200, None, True)),
 ])
 def test_answer_heads_give_status_length_and_whether_the_connection_closes(head, expected):
-    assert bench.parse_answer_head(head) == expected
+    assert loadclient.parse_answer_head(head) == expected
 
 
 @pytest.mark.parametrize("head", [b"garbage", b"HTTP/1.1 OK", b"SPDY/3 200 OK"])
 def test_a_malformed_status_line_is_an_error(head):
     with pytest.raises(http.client.BadStatusLine):
-        bench.parse_answer_head(head)
+        loadclient.parse_answer_head(head)
 
 
 def test_a_chunked_answer_is_an_error_not_a_misread_connection():
     with pytest.raises(http.client.HTTPException):
-        bench.parse_answer_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked")
+        loadclient.parse_answer_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked")
 
 
 @pytest.mark.parametrize("answer, error", [
@@ -206,13 +206,13 @@ def test_a_chunked_answer_is_an_error_not_a_misread_connection():
 ])
 def test_a_server_that_hangs_up_early_is_counted_by_error_type(answer, error):
     with _one_answer_server(answer) as url:
-        tally = bench.run_load(url, b"x", "image/jpeg", count=1, timeout=5)
+        tally = loadclient.run_load(url, b"x", "image/jpeg", count=1, timeout=5)
     assert tally.errors == {error: 1} and not tally.statuses
 
 
 def test_an_answer_ended_by_closing_the_connection_is_read_whole():
     with _one_answer_server(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"x" * 200_000) as url:
-        tally = bench.run_load(url, b"x", "image/jpeg", count=1, timeout=5)
+        tally = loadclient.run_load(url, b"x", "image/jpeg", count=1, timeout=5)
     assert tally.statuses == {200: 1} and not tally.errors
 
 

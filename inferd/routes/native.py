@@ -62,7 +62,6 @@ def infer_batch(request: Request, context) -> Response:
     }, cache_header(results))
 
 
-
 def _served_by(lease: Lease) -> dict:
     return {"model": lease.loaded.name, "version": lease.loaded.version}
 
