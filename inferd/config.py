@@ -58,6 +58,13 @@ def _port(text: str) -> int:
     return value
 
 
+def _ipv6_prefix(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 128:
+        raise ValueError("must be 1..128")
+    return value
+
+
 def _boolean(text: str) -> bool:
     states = configparser.ConfigParser.BOOLEAN_STATES
     if text.lower() not in states:
@@ -186,6 +193,9 @@ class LimitsConfig:
     # 64-megapixel RGBA image; beyond it a request waits briefly, then gets 503.
     max_decode_bytes: int = setting(1 << 30, _positive_int)
     allowed_formats: frozenset = setting(KNOWN_FORMATS, _formats)
+    # The most bytes one answer may take, checked before it is built (a v2 request's outputs, shapes
+    # and classification counts; /infer/batch's images and top_k); 413 beyond it.
+    max_response_bytes: int = setting(8 * 1024 * 1024, _positive_int)
     max_inference_requests: int = setting(64, _positive_int, restart=True)
     max_other_requests: int = setting(16, _positive_int, restart=True)
     idle_timeout: float = setting(15.0, _positive_float)
@@ -217,6 +227,9 @@ class AuthConfig:
     images_burst: int = setting(32, _positive_int)
     # Without keys: requests per second per client address (with `burst`); 0: no limit.
     anonymous_rate: float = setting(0.0, _non_negative_float)
+    # IPv6 clients share one anonymous bucket per network of this many leading bits (a /64 is what
+    # one subscriber usually gets); IPv4 clients have one per address.
+    anonymous_ipv6_prefix: int = setting(64, _ipv6_prefix)
 
 
 @dataclass(frozen=True)

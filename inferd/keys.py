@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import logging
 import math
 import re
@@ -36,7 +37,7 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 HASH = re.compile(r"sha256:([0-9a-f]{64})\Z")
 UNKNOWN, ANONYMOUS = "unknown", "anonymous"  # metric names of callers without a key of the file
 RESERVED = frozenset({UNKNOWN, ANONYMOUS})
-MAX_ADDRESSES = 4096  # per-address buckets kept for anonymous clients, least recently seen out first
+MAX_ADDRESSES = 4096  # per-address callers kept for anonymous clients (AddressTable)
 REALM = 'Bearer realm="inferd"'
 
 
@@ -228,6 +229,10 @@ class TokenBucket:
             self._refill()
             return int(self._tokens), (self.capacity - self._tokens) / self.rate
 
+    def until_full(self) -> float:
+        """Seconds until the bucket is full again; 0.0 when it is."""
+        return self.state()[1]
+
     def _refill(self) -> None:
         now = self._clock()
         self._tokens = min(self.capacity, self._tokens + max(0.0, now - self._at) * self.rate)
@@ -274,6 +279,12 @@ class Caller:
         if self._observer is not None:
             self._observer.observe(self.name, result)
 
+    def until_rested(self) -> float:
+        """Seconds until every bucket of this caller is full again (0.0: a fresh caller would be
+        the same, so forgetting it gives nothing away)."""
+        return max((bucket.until_full() for bucket in (self._requests, self._images) if bucket is not None),
+                   default=0.0)
+
 
 # -- the rules of the inference routes ------------------------------------------------------------
 
@@ -281,19 +292,21 @@ class Caller:
 class _Rules:
     keys: tuple[tuple[Key, Caller], ...] | None  # None: keys are off
     anonymous: Limits
+    ipv6_prefix: int = 64
 
 
 class Access:
     """Admits callers of the inference routes. With keys (a keys file): the caller of a key it
     holds, charged one request; 401 otherwise. Without keys: anyone; with an anonymous_rate,
-    charged per client address. `update` swaps in new settings and keys on reload, keeping the
-    buckets of keys whose limits did not change. `observer`: metrics.KeyMetrics or None."""
+    charged per client address (AddressTable). `update` swaps in new settings and keys on reload,
+    keeping the buckets of keys, and of addresses, whose limits did not change. `observer`:
+    metrics.KeyMetrics or None."""
 
-    def __init__(self, settings, keys: list[Key] | None, observer=None, clock: Callable[[], float] = time.monotonic):
-        self._observer, self._clock = observer, clock
-        self._lock = threading.Lock()
+    def __init__(self, settings, keys: list[Key] | None, observer=None, clock: Callable[[], float] = time.monotonic,
+                 max_addresses: int = MAX_ADDRESSES):
+        self._observer, self._clock, self._max_addresses = observer, clock, max_addresses
         self._rules = _Rules(None, Limits())
-        self._addresses: OrderedDict[str, Caller] = OrderedDict()
+        self._addresses = AddressTable(Limits(), max_addresses, clock, observer)
         self.update(settings, keys)
 
     def update(self, settings, keys: list[Key] | None) -> None:
@@ -302,9 +315,10 @@ class Access:
         held = None if keys is None else tuple(
             (key, old.get(key) or Caller(key.name, key.limits, self._clock, self._observer)) for key in keys)
         anonymous = Limits(settings.anonymous_rate, settings.burst, settings.images_rate, settings.images_burst)
-        self._rules = _Rules(held, anonymous)  # one assignment: a request sees the old rules or the new
-        with self._lock:
-            self._addresses.clear()
+        if anonymous != self._addresses.limits:
+            self._addresses = AddressTable(anonymous, self._max_addresses, self._clock, self._observer)
+        # One assignment: a request sees the old rules or the new.
+        self._rules = _Rules(held, anonymous, settings.anonymous_ipv6_prefix)
         if self._observer is not None:
             names = [key.name for key, _ in held] + [UNKNOWN] if held is not None else (
                 [ANONYMOUS] if anonymous.rate else [])
@@ -317,7 +331,7 @@ class Access:
         if rules.keys is not None:
             return self._keyed(rules.keys, presented).admit()
         if rules.anonymous.rate:
-            return self._by_address(address, rules.anonymous).admit()
+            return self._addresses.caller(client_group(address, rules.ipv6_prefix)).admit()
         return None
 
     def _keyed(self, keys, presented: str | None) -> Caller:
@@ -333,10 +347,69 @@ class Access:
             raise Unauthorized(presented=bool(presented))
         return found
 
-    def _by_address(self, address: str, limits: Limits) -> Caller:
+
+def client_group(address: str, ipv6_prefix: int) -> str:
+    """What one anonymous bucket stands for: an IPv4 address, or the IPv6 network of `ipv6_prefix`
+    bits around an IPv6 one (a client given a /64 has 2^64 addresses to choose from). An IPv4
+    address mapped into IPv6 is that IPv4 address; text that is not an address stands for itself."""
+    try:
+        parsed = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if parsed.version == 6 and parsed.ipv4_mapped is not None:
+        return str(parsed.ipv4_mapped)
+    if parsed.version == 4:
+        return str(parsed)
+    return str(ipaddress.ip_network(f"{parsed}/{ipv6_prefix}", strict=False))
+
+
+class AddressTable:
+    """The callers of anonymous clients by address group, at most `capacity` of them.
+
+    Forgetting a client that spent its tokens would hand it a fresh bucket (4,100 requests from
+    other loopback addresses once reset 127.0.0.1's limit), so only a caller whose buckets are
+    full again makes room, the least recently seen first: it loses nothing by leaving. When none
+    has rested, newcomers share one overflow caller with the same limits until one has, so that a
+    flood of new addresses gets one bucket's worth between them and the limited stay limited.
+    Memory: `capacity` callers and the overflow one (tests/test_keys.py measures a full table).
+    """
+
+    def __init__(self, limits: Limits, capacity: int, clock: Callable[[], float], observer=None):
+        self.limits, self.capacity, self._clock, self._observer = limits, capacity, clock, observer
+        self._lock = threading.Lock()
+        self._callers: OrderedDict[str, Caller] = OrderedDict()  # least recently seen first
+        self._overflow = self._new()
+        self._none_rested_until = 0.0  # no caller can have rested before this (clock time)
+
+    def caller(self, group: str) -> Caller:
         with self._lock:
-            caller = self._addresses.pop(address, None) or Caller(ANONYMOUS, limits, self._clock, self._observer)
-            self._addresses[address] = caller
-            if len(self._addresses) > MAX_ADDRESSES:
-                self._addresses.popitem(last=False)
-        return caller
+            caller = self._callers.get(group)
+            if caller is not None:
+                self._callers.move_to_end(group)
+                return caller
+            if len(self._callers) >= self.capacity and not self._make_room():
+                return self._overflow
+            caller = self._callers[group] = self._new()
+            return caller
+
+    def __len__(self) -> int:
+        return len(self._callers)
+
+    def _new(self) -> Caller:
+        return Caller(ANONYMOUS, self.limits, self._clock, self._observer)
+
+    def _make_room(self) -> bool:
+        """Forget the least recently seen caller that has rested; False when none has. A scan that
+        finds none is not repeated before the soonest of them can have rested."""
+        now = self._clock()
+        if now < self._none_rested_until:
+            return False
+        soonest = math.inf
+        for group, caller in self._callers.items():
+            wait = caller.until_rested()
+            if wait <= 0.0:
+                del self._callers[group]
+                return True
+            soonest = min(soonest, wait)
+        self._none_rested_until = now + soonest
+        return False

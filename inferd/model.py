@@ -7,7 +7,9 @@ output shapes against the manifest and the labels, and runs one warm-up batch.
 from __future__ import annotations
 
 import configparser
+import functools
 import hashlib
+import json
 import os
 import weakref
 from dataclasses import dataclass
@@ -125,6 +127,11 @@ class Model:
     @property
     def name(self) -> str:
         return self.manifest.name
+
+    @functools.cached_property
+    def longest_label(self) -> int:
+        """The longest label's length as JSON writes it (quoted and escaped): bounds answer sizes."""
+        return max(len(json.dumps(label)) for label in self.labels)
 
     def input_shape(self) -> tuple[int, int, int]:
         size = self.manifest.input.size

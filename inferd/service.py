@@ -28,6 +28,16 @@ from .model import Prediction
 from .repository import LoadedModel, Repository
 
 
+class NonFiniteScores(ImageError):
+    """The model gave NaN or infinite scores for this input (an FP32 tensor far out of the range it
+    was trained on, or a broken model): no JSON number can carry them, so no answer is made."""
+
+    http_status = 422
+
+    def __init__(self):
+        super().__init__("the model produced non-finite scores (NaN or infinity) for this input")
+
+
 class InferenceTimeout(RuntimeError):
     """No result within [batching] request_timeout; the client should retry later."""
 
@@ -130,7 +140,7 @@ class Lease:
         self._charge(len(images))
         return self._compute(images) if self.cache is None else self._through_cache(images)
 
-    def score_tensors(self, tensors) -> list[Scores]:
+    def score_tensors(self, tensors) -> list[Scores | NonFiniteScores]:
         """Scores of preprocessed tensors (each in the model's input shape), through the batcher;
         never cached. Raises as score_images does."""
         self._charge(len(tensors))
@@ -183,7 +193,7 @@ class Lease:
             return exc
         return Scores(value, round((time.monotonic() - started) * 1000.0, 3), cached=True)
 
-    def _score_tensors(self, tensors) -> list[Scores]:
+    def _score_tensors(self, tensors) -> list[Scores | NonFiniteScores]:
         submitted = time.monotonic()
         try:
             outputs = self._infer(list(tensors), submitted)
@@ -191,9 +201,11 @@ class Lease:
             for _ in tensors:
                 self.metrics.observe_image("error")
             raise
-        for _ in outputs:
-            self.metrics.observe_image("ok")
-        return [Scores(scores, round(seconds * 1000.0, 3)) for scores, seconds in outputs]
+        results = [Scores(scores, round(seconds * 1000.0, 3)) if np.isfinite(scores).all() else NonFiniteScores()
+                   for scores, seconds in outputs]
+        for result in results:
+            self.metrics.observe_image("error" if isinstance(result, NonFiniteScores) else "ok")
+        return results
 
     def _preprocess(self, data: bytes) -> np.ndarray | ImageError:
         started = time.monotonic()

@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import io
 import itertools
+import json
 import os
 import random
 import secrets
@@ -59,7 +61,7 @@ KEYS = {"soak": {}, "paced": {"rate": 4, "burst": 4}, "greedy": {"rate": 2, "bur
 PACED_INTERVAL = 0.5  # seconds between the paced client's requests: half its key's rate
 CACHE_BYTES = 512 * 1024  # ~120 answers of 1000 classes: the good clients' unique photos keep evicting
 LIMITS = {"max_body_bytes": 4 * 1024 * 1024, "header_timeout": 2.0, "idle_timeout": 3.0, "body_timeout": 2.0,
-          "min_body_rate": 16384, "max_files_per_batch": 8}
+          "min_body_rate": 16384, "max_files_per_batch": 8, "max_response_bytes": 512 * 1024}
 SLACK = 1.5  # seconds a cut-off may come after its timeout (sweeps every 0.25 s, a loaded box)
 
 
@@ -149,7 +151,40 @@ def bad_requests(images: dict) -> dict[str, tuple[int, callable]]:
                                                       headers={"Content-Type": "image/png"})),
         "top_k not ascii digits": (400, lambda s, url: s.post(f"{url}/infer?top_k=%2B3", files={"file": ("a.png", png)},
                                                               timeout=30)),
+        **v2_bad_requests(png),
     }
+
+
+def v2_bad_requests(png: bytes) -> dict[str, tuple[int, callable]]:
+    """The hostile v2 requests of issue 21: amplification, the former 500s, non-finite tensors."""
+    def post(document: dict, blob: bytes = b"", header_length: str | None = None):
+        head = json.dumps(document).encode()
+        headers = {"Inference-Header-Content-Length": header_length or str(len(head))} if blob or header_length else {}
+        return lambda s, url: s.post(f"{url}/v2/models/{default_model(url)}/infer", data=head + blob,
+                                     headers=headers, timeout=30)
+
+    images = b"".join(struct.pack("<I", len(png)) + png for _ in range(LIMITS["max_files_per_batch"]))
+    image_input = {"name": "input", "shape": [LIMITS["max_files_per_batch"]], "datatype": "BYTES",
+                   "parameters": {"binary_data_size": len(images)}}
+    top = {"name": "logits", "parameters": {"classification": 1000}}
+    nan = struct.pack("<f", float("nan")) * (3 * 224 * 224)
+    tensor_input = {"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(nan)}}
+    return {
+        "v2 output asked for 100 times": (400, post({"inputs": [image_input], "outputs": [top] * 100}, images)),
+        "v2 answer over max_response_bytes": (413, post({"inputs": [image_input], "outputs": [top]}, images)),
+        "v2 401-digit number": (400, post({"inputs": [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32",
+                                                       "data": [10**400] + [0] * (3 * 224 * 224 - 1)}]})),
+        "v2 lone surrogate": (400, post({"inputs": [{"name": "input", "shape": [1], "datatype": "BYTES",
+                                                     "data": ["\udc80"]}]})),
+        "v2 5000-digit header length": (400, post({"inputs": [image_input]}, images, "9" * 5000)),
+        "v2 NaN tensor": (400, post({"inputs": [tensor_input]}, nan)),
+    }
+
+
+@functools.lru_cache(maxsize=None)
+def default_model(url: str) -> str:
+    return requests.get(f"{url}/models", timeout=30).json()["default"]
 
 
 CHUNKED_HEAD = b"POST /infer HTTP/1.1\r\nHost: soak\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n"

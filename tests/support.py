@@ -161,3 +161,22 @@ def new_metrics(**options):
 
     router = Router(ROUTES)
     return InferdMetrics(router.labels(), router.inference_labels(), **options)
+
+
+def nan_model(directory: Path) -> Path:
+    """The tiny model whose scores are all NaN (its logits divided by zero, times zero): a model
+    that loads and warms up like any other and answers nothing a JSON number can carry."""
+    import onnx
+    from onnx import helper, numpy_helper
+    import numpy as np
+
+    model_build.build_model("tiny", directory)
+    graph_model = onnx.load(str(directory / "model.onnx"))
+    graph = graph_model.graph
+    final = next(node for node in graph.node if "logits" in node.output)
+    final.output[:] = ["raw_logits"]
+    graph.initializer.append(numpy_helper.from_array(np.zeros((), np.float32), "zero"))
+    graph.node.extend([helper.make_node("Div", ["raw_logits", "zero"], ["infinite"]),
+                       helper.make_node("Mul", ["infinite", "zero"], ["logits"])])
+    onnx.save(graph_model, str(directory / "model.onnx"))
+    return directory

@@ -5,6 +5,8 @@ a world-readable keys file."""
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import io
 import json
 import os
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -167,6 +170,83 @@ def test_without_keys_an_anonymous_rate_applies_per_client_address():
         access.admit(None, "10.0.0.1")
     assert access.admit(None, "10.0.0.2").name == "anonymous"  # another address, its own bucket
     assert Access(AuthConfig(), None).admit(None, "10.0.0.1") is None  # the default: no rule at all
+
+
+def test_a_limited_address_is_never_forgotten_to_make_room():
+    """Issue 21: a full table once pushed out the least recently seen address, which came back to
+    a full bucket; now only rested callers make room, and newcomers share one overflow bucket."""
+    clock = Clock()
+    access = Access(AuthConfig(anonymous_rate=0.01, burst=2), None, clock=clock, max_addresses=100)
+    for _ in range(2):
+        access.admit(None, "127.0.0.1")
+    with pytest.raises(Limited):
+        access.admit(None, "127.0.0.1")
+    for n in range(99):
+        access.admit(None, f"127.1.0.{n}")  # fills the table; each spent a token, none rested
+    admitted = 0
+    for n in range(50):  # 50 fresh addresses with the table full: one bucket between them
+        try:
+            access.admit(None, f"127.2.0.{n}")
+            admitted += 1
+        except Limited:
+            pass
+    assert admitted == 2
+    with pytest.raises(Limited):
+        access.admit(None, "127.0.0.1")  # still limited
+    clock.now += 100.0  # one token back everywhere: still nobody rested, still limited
+    access.admit(None, "127.0.0.1")
+    with pytest.raises(Limited):
+        access.admit(None, "127.0.0.1")
+    clock.now += 150.0  # the other 99 have rested, 127.0.0.1 (1.5 tokens) has not: they make room
+    for n in range(60):
+        access.admit(None, f"127.3.0.{n}")
+    access.admit(None, "127.0.0.1")  # 1.5 tokens: one request, not the two of a fresh bucket
+    with pytest.raises(Limited):
+        access.admit(None, "127.0.0.1")
+
+
+def test_ipv6_clients_share_a_bucket_per_prefix():
+    from inferd.keys import client_group
+
+    assert client_group("2001:db8:1:2:aaaa::1", 64) == client_group("2001:db8:1:2:bbbb::2", 64) == "2001:db8:1:2::/64"
+    assert client_group("2001:db8:1:3::1", 64) != client_group("2001:db8:1:2::1", 64)
+    assert client_group("2001:db8:1:2::1", 128) == "2001:db8:1:2::1/128"
+    assert client_group("::ffff:10.1.2.3", 64) == client_group("10.1.2.3", 64) == "10.1.2.3"
+    assert client_group("fe80::1%eth0", 64) == "fe80::/64"
+    clock = Clock()
+    access = Access(AuthConfig(anonymous_rate=1.0, burst=1), None, clock=clock)
+    access.admit(None, "2001:db8::1")
+    with pytest.raises(Limited):
+        access.admit(None, "2001:db8::ffff:2")  # another address of the same /64
+    access.update(AuthConfig(anonymous_rate=1.0, burst=1, anonymous_ipv6_prefix=128), None)
+    access.admit(None, "2001:db8::ffff:3")
+
+
+def test_a_reload_with_the_same_anonymous_limits_refills_nobody():
+    clock = Clock()
+    settings = AuthConfig(anonymous_rate=0.01, burst=1)
+    access = Access(settings, None, clock=clock)
+    access.admit(None, "10.0.0.1")
+    access.update(settings, None)
+    with pytest.raises(Limited):
+        access.admit(None, "10.0.0.1")
+
+
+def test_a_full_address_table_holds_a_bounded_few_megabytes():
+    import tracemalloc
+
+    from inferd.keys import MAX_ADDRESSES
+
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    access = Access(AuthConfig(anonymous_rate=1.0, burst=2, images_rate=5.0), None)
+    for n in range(MAX_ADDRESSES + 500):
+        with contextlib.suppress(Limited):  # past the table: the overflow bucket
+            access.admit(None, f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}")
+    used = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    print(f"{MAX_ADDRESSES} anonymous callers: {used / 1e6:.2f} MB")
+    assert used < 6_000_000  # README and inferd.conf.example say "about 4 MB"
 
 
 # -- inferd-keys -------------------------------------------------------------------------------------
@@ -407,6 +487,36 @@ def test_an_anonymous_rate_limits_each_client_address(serve, tiny_model_dir):
     assert requests.get(f"{server.url}/health", timeout=10).status_code == 200
     view = requests.get(f"{server.url}/metrics", timeout=10).json()["keys"]
     assert view == {"anonymous": {"ok": 2, "unauthorized": 0, "limited": 1, "images": 2}}
+
+
+def loopback_infer(url: str, source: str, body: bytes) -> int:
+    """The status of one POST /infer sent from `source` (any address of 127/8 is this host's)."""
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(source, 0)) as sock:
+        sock.sendall(b"POST /infer HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\nConnection: close\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return int(answer.split(b" ", 2)[1])
+
+
+def test_thousands_of_other_loopback_sources_do_not_reset_a_limited_client(serve, tiny_model_dir):
+    """Issue 21: 4,100 requests from 127.1.x.y once pushed 127.0.0.1 out of the 4,096-address
+    table, and it came back to a full bucket 1.8 s later instead of about 100 s."""
+    server = serve(config_for(tiny_model_dir, auth={"anonymous_rate": 0.01, "burst": 2},
+                              logging={"access_log": "false"}))
+    body = png()
+    assert [loopback_infer(server.url, "127.0.0.1", body) for _ in range(3)] == [200, 200, 429]
+    sources = [f"127.1.{n >> 8}.{n & 255}" for n in range(1, 4101)]
+    started = time.monotonic()
+    with ThreadPoolExecutor(4) as pool:
+        statuses = list(pool.map(lambda source: loopback_infer(server.url, source, body), sources))
+    print(f"4,100 sources in {time.monotonic() - started:.1f} s: {collections.Counter(statuses)}")
+    assert set(statuses) <= {200, 429} and statuses.count(200) <= 4096 + 2
+    assert loopback_infer(server.url, "127.0.0.1", body) == 429  # still limited, not a fresh bucket
+    fresh = [loopback_infer(server.url, f"127.2.0.{n}", body) for n in range(1, 51)]
+    assert fresh.count(200) <= 2, collections.Counter(fresh)  # one overflow bucket between the newcomers
 
 
 def test_keys_are_off_by_default(serve, tiny_model_dir):

@@ -5,6 +5,7 @@ change and break models under load from 8 connections, with real daemons."""
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import threading
 import time
@@ -16,7 +17,7 @@ import requests
 from PIL import Image
 
 from inferd import config, loading
-from tests.support import DEFAULT_MODEL
+from tests.support import DEFAULT_MODEL, config_for
 
 RED = (255, 0, 0)
 
@@ -317,3 +318,20 @@ def test_the_default_model_directory_still_serves_alone(start_daemon):
     daemon = start_daemon(f"[model]\npath = {DEFAULT_MODEL}\n")
     health = requests.get(f"{daemon.url}/health", timeout=10).json()
     assert [m["name"] for m in health["models"]] == ["efficientnet-lite0"]
+
+
+def test_a_model_that_answers_nan_gets_422_never_a_nan_token(serve, tmp_path):
+    """Issue 21: every answer is RFC 8259 JSON; scores no JSON number can carry are refused."""
+    from tests.support import nan_model
+
+    server = serve(config_for(nan_model(tmp_path / "nan"), logging={"access_log": "false"}))
+    image = io.BytesIO()
+    Image.new("RGB", (32, 32), (10, 200, 10)).save(image, "PNG")
+    single = requests.post(f"{server.url}/infer", files={"file": ("a.png", image.getvalue())}, timeout=10)
+    assert single.status_code == 422 and "non-finite scores" in single.json()["error"]
+    batch = requests.post(f"{server.url}/infer/batch", files=[("files", ("a.png", image.getvalue()))] * 2, timeout=10)
+    assert batch.ok and [entry["status"] for entry in batch.json()["results"]] == [422, 422]
+    for answer in (single, batch):
+        json.loads(answer.text, parse_constant=lambda token: pytest.fail(f"{token} in {answer.text[:200]}"))
+    images = requests.get(f"{server.url}/metrics", timeout=10).json()["images"]
+    assert images["error"] == 3 and images["ok"] == 0

@@ -29,7 +29,7 @@ def render(response: Response, *, close: bool, keep_alive: bool = False, head_on
     if isinstance(response.body, bytes):
         body = response.body
     else:
-        body = json.dumps(response.body, separators=(",", ":")).encode()
+        body = json.dumps(response.body, separators=(",", ":"), allow_nan=False).encode()
         headers = {"Content-Type": JSON_TYPE, **headers}
     try:
         phrase = HTTPStatus(response.status).phrase

@@ -52,6 +52,7 @@ def infer_batch(request: Request, context) -> Response:
                      ("files", "file"))
     if not images:
         raise HTTPError(400, "expected one or more file parts named 'files'")
+    _check_answer_size(images, admitted, request.settings.limits.max_response_bytes)
     results = admitted.lease.classify([image.data for image in images], admitted.top_k)
     entries = [_batch_entry(image.filename, result) for image, result in zip(images, results)]
     failed = sum(1 for entry in entries if entry["error"] is not None)
@@ -60,6 +61,22 @@ def infer_batch(request: Request, context) -> Response:
         "total_time_ms": round((time.monotonic() - started) * 1000.0, 3),
         **_served_by(admitted.lease), "results": entries,
     }, cache_header(results))
+
+
+# Upper bounds of the JSON of one prediction beside its label ({"label":,"index":N,"confidence":F})
+# and of one batch entry beside its predictions and filename.
+PREDICTION_JSON_BYTES = 64
+ENTRY_JSON_BYTES = 160
+
+
+def _check_answer_size(images: list, admitted: Admitted, limit: int) -> None:
+    """413 before any image is decoded when the answer could exceed [limits] max_response_bytes."""
+    model = admitted.lease.loaded.model
+    per_image = ENTRY_JSON_BYTES + admitted.top_k * (PREDICTION_JSON_BYTES + model.longest_label)
+    answer = sum(per_image + 6 * len(image.filename or "") for image in images)
+    if answer > limit:
+        raise HTTPError(413, f"the answer to this request could take {answer} bytes; the limit is {limit} "
+                             "([limits] max_response_bytes): send fewer images or ask for a smaller top_k")
 
 
 def _served_by(lease: Lease) -> dict:

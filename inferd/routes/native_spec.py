@@ -140,9 +140,12 @@ IMAGE_ERRORS = {
     404: error("No model (or version) of that name is loaded."),
     413: error("Over a size limit: the body ([limits] max_body_bytes), multipart parts or part headers, "
                "an image's pixels ([limits] max_image_pixels), files per request ([limits] "
-               "max_files_per_batch), or an image that could never fit [limits] max_decode_bytes."),
+               "max_files_per_batch), an image that could never fit [limits] max_decode_bytes, or (/infer/batch) "
+               "an answer that could exceed [limits] max_response_bytes (images x top_k)."),
     415: error("The body is neither multipart/form-data nor an image; or (/infer) the file is not an image "
                "in an accepted format ([limits] allowed_formats)."),
+    422: error("The model produced NaN or infinite scores for the image (a broken model): no JSON number "
+               "can carry them."),
     503: error("The inference queue is full, the images being decoded hold the decode budget, or no result "
                "came within [batching] request_timeout; retry after Retry-After seconds.",
                RETRY_AFTER),

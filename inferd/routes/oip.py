@@ -21,6 +21,8 @@ import numpy as np
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 DATATYPES = {"FP32": np.float32, "BYTES": None}
+MAX_LENGTH_DIGITS = 20  # more digits than any body can have; int() of 4,301 raises (CPython's digit limit)
+NUMBERS = frozenset({int, float})  # JSON numbers as json.loads gives them (bool is not among them)
 
 
 class TensorError(ValueError):
@@ -61,7 +63,8 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     a number within the body."""
     if header_length is None:
         return body, b""
-    if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
+    if (not (header_length.isascii() and header_length.isdigit()) or len(header_length) > MAX_LENGTH_DIGITS
+            or int(header_length) > len(body)):
         raise TensorError(f"{HEADER_LENGTH} must be the JSON header's length, at most the body's {len(body)} bytes")
     length = int(header_length)
     return body[:length], body[length:]
@@ -153,18 +156,43 @@ def _fp32(data, shape: tuple[int, ...], binary: bool) -> np.ndarray:
     if binary:
         if len(data) != 4 * count:
             raise TensorError(f"FP32 tensor of shape {list(shape)} needs {4 * count} bytes, got {len(data)}")
-        return np.frombuffer(data, dtype="<f4").astype(np.float32, copy=False).reshape(shape)
+        return _finite(np.frombuffer(data, dtype="<f4").astype(np.float32, copy=False).reshape(shape))
     if not isinstance(data, list):
         raise TensorError('an input needs "data" (a JSON array) or binary_data_size')
+    if not _all_numbers(data):  # np.asarray would take "1e3" and true as numbers
+        raise TensorError("FP32 data must be numbers (flat or nested as the shape), not strings or booleans")
     try:
-        values = np.asarray(data, dtype=np.float32)
+        with np.errstate(over="ignore"):  # 1e39 becomes inf, refused below
+            values = np.asarray(data, dtype=np.float32)
+    except OverflowError:  # an integer beyond any float (a 401-digit one)
+        raise TensorError("FP32 data must be finite numbers within FP32's range") from None
     except (ValueError, TypeError):
         raise TensorError("FP32 data must be numbers (flat or nested as the shape)") from None
     if values.size != count:
         raise TensorError(f"FP32 data has {values.size} elements; shape {list(shape)} needs {count}")
+    return _finite(values.reshape(shape))
+
+
+def _all_numbers(data: list) -> bool:
+    """True when every leaf of these nested lists is a JSON number (int or float, never bool)."""
+    pending = [data]
+    while pending:
+        items = pending.pop()
+        kinds = set(map(type, items))
+        if list in kinds:
+            if kinds != {list}:
+                return False  # numbers beside lists: not the shape of any tensor
+            pending.extend(items)
+        elif not kinds <= NUMBERS:
+            return False
+    return True
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    """The same refusal for JSON and binary tensors: NaN and infinities are not inputs."""
     if not np.isfinite(values).all():
-        raise TensorError("FP32 data must be finite numbers")
-    return values.reshape(shape)
+        raise TensorError("FP32 data must be finite numbers (no NaN or infinity)")
+    return values
 
 
 def _bytes_elements(data, count: int, binary: bool) -> list[bytes]:
@@ -201,7 +229,11 @@ def _unpack_bytes(data: bytes, count: int) -> list[bytes]:
 def _json_bytes(item) -> bytes:
     """A BYTES element in JSON: a string (its UTF-8 bytes) or {"b64": "<base64>"} for binary."""
     if isinstance(item, str):
-        return item.encode("utf-8")
+        try:
+            return item.encode("utf-8")
+        except UnicodeEncodeError:  # "\udc80": JSON can escape a lone surrogate, UTF-8 cannot hold it
+            raise TensorError("a BYTES element in JSON must be valid Unicode (it holds a lone surrogate); "
+                              'send binary data as {"b64": "<base64>"}') from None
     if isinstance(item, dict) and set(item) == {"b64"} and isinstance(item["b64"], str):
         try:
             return base64.b64decode(item["b64"], validate=True)
@@ -220,6 +252,8 @@ def _outputs(value, output_name: str, classes: int, binary_default: bool) -> tup
         spec = _object(item, "an output")
         if spec.get("name") != output_name:
             raise TensorError(f"the model has one output, {output_name!r}; got {spec.get('name')!r}")
+        if outputs:  # each repeat would render the whole answer again (a 9 KB request, a 70 MB answer)
+            raise TensorError(f"output {output_name!r} is requested more than once; ask for each output once")
         parameters = _object(spec.get("parameters", {}), "output parameters")
         k = parameters.get("classification", 0)
         if type(k) is not int or not 0 <= k <= classes:
@@ -229,6 +263,27 @@ def _outputs(value, output_name: str, classes: int, binary_default: bool) -> tup
             raise TensorError("binary_data must be true or false")
         outputs.append(Output(output_name, k, binary))
     return tuple(outputs)
+
+
+# Upper bounds of one value in a JSON answer: a float32 as Python's repr writes it with its comma
+# ("-1.2345678901234567e-05,"), and a classification's score as "%f" writes a logit (3.4e38 has 39
+# digits before the point) with the separators and quotes of its "score:index:label" string.
+FLOAT_JSON_BYTES = 25
+SCORE_TEXT_BYTES = 48
+ANSWER_OVERHEAD = 512  # the JSON around the tensors: names, datatype, shape, model name and version
+
+
+def answer_bytes(request: InferRequest, items: int, classes: int, longest_label: int) -> int:
+    """The most bytes the answer to `request` can take, before any of it is built: `items` rows of
+    `classes` scores; `longest_label` is the longest label's length as JSON writes it (quoted, escaped)."""
+    total = ANSWER_OVERHEAD + (6 * len(request.id) + 2 if request.id is not None else 0)
+    for output in request.outputs:
+        if not output.classification:
+            total += items * classes * (4 if output.binary else FLOAT_JSON_BYTES)
+        else:
+            entry = SCORE_TEXT_BYTES + len(str(classes)) + longest_label + (4 if output.binary else 3)
+            total += items * output.classification * entry
+    return total
 
 
 def render_response(model: str, version: str, request_id: str | None, tensors: list[tuple[Output, str, list, object]]
@@ -248,7 +303,7 @@ def render_response(model: str, version: str, request_id: str | None, tensors: l
     document = {"model_name": model, "model_version": version, "outputs": outputs}
     if request_id is not None:
         document["id"] = request_id
-    header = json.dumps(document, separators=(",", ":")).encode()
+    header = json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
     if not blobs:
         return {"Content-Type": "application/json"}, header
     return ({"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(header))},

@@ -19,6 +19,9 @@ from .cached import cache_header
 
 EXTENSIONS = ["binary_tensor_data", "classification"]
 JSON_BYTES_COST = 16  # bytes of Python objects per byte of JSON at most (a list of "0,")
+# Bytes of memory per byte of answer while it is built: Python floats or strings, the JSON text,
+# its encoding and the joined body.
+RENDER_COST = 5
 
 
 def server_metadata(request: Request, context) -> Response:
@@ -99,15 +102,22 @@ def infer(request: Request, context) -> Response:
     lease = request.admitted
     parsed = _parse(request, context, lease)
     tensor = parsed.input
+    model = lease.loaded.model
+    answer = oip.answer_bytes(parsed, tensor.shape[0], len(model.labels), model.longest_label)
+    limit = request.settings.limits.max_response_bytes
+    if answer > limit:
+        raise oip.TooLarge(f"the answer to this request could take {answer} bytes; the limit is {limit} "
+                           "([limits] max_response_bytes): ask for fewer items or a smaller classification")
     if tensor.datatype == "BYTES":
         results = lease.score_images(tensor.values)
-        rows = [_image_scores(i, result) for i, result in enumerate(results)]
     else:
         results = lease.score_tensors(list(tensor.values))
-        rows = [row.scores for row in results]
+    item = "image" if tensor.datatype == "BYTES" else f"input {tensor.name!r} item"
+    rows = [_scores(f"{item} {i}", result) for i, result in enumerate(results)]
     scores = np.stack(rows) if rows else np.zeros((0, len(lease.labels)), np.float32)
-    tensors = [_output(output, scores, lease) for output in parsed.outputs]
-    headers, body = oip.render_response(lease.loaded.name, lease.loaded.version, parsed.id, tensors)
+    with context.service.decode_budget.reserve(answer * RENDER_COST):  # the answer's memory while it is built
+        tensors = [_output(output, scores, lease) for output in parsed.outputs]
+        headers, body = oip.render_response(lease.loaded.name, lease.loaded.version, parsed.id, tensors)
     return Response(200, body, {**headers, **cache_header(results)})
 
 
@@ -121,9 +131,9 @@ def _parse(request: Request, context, lease) -> oip.InferRequest:
                                  max_items=request.settings.limits.max_files_per_batch)
 
 
-def _image_scores(index: int, result) -> np.ndarray:
+def _scores(item: str, result) -> np.ndarray:
     if isinstance(result, Exception):
-        raise HTTPError(getattr(result, "http_status", 400), f"image {index}: {result}",
+        raise HTTPError(getattr(result, "http_status", 400), f"{item}: {result}",
                         dict(getattr(result, "headers", {})))
     return result.scores
 

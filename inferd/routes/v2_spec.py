@@ -137,9 +137,12 @@ INFER = Operation(
         400: error("The request does not describe tensors this model takes (names, datatype, shape, data), "
                    "or an image cannot be decoded."),
         **NO_MODEL,
-        413: error("More items than [limits] max_files_per_batch, or an image over a size limit."),
+        413: error("More items than [limits] max_files_per_batch, an image over a size limit, or an answer "
+                   "that could exceed [limits] max_response_bytes (items x outputs x classification)."),
         415: error("A Content-Type other than application/json or application/octet-stream, a compressed "
                    "body, or an image in a format that is not accepted."),
+        422: error("The model produced NaN or infinite scores for an item (an FP32 tensor far outside the "
+                   "range it takes): no JSON number can carry them."),
         503: error("The inference queue is full, the decode budget is taken, or no result came in time.",
                    RETRY_AFTER),
     },
