@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Mapping
 
+from . import files
+
 KNOWN_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
 
 
@@ -165,6 +167,13 @@ class ModelsConfig:
     repository: str = setting("", _text)
     default: str = setting("", _text)
     version_policy: VersionPolicy = setting(VersionPolicy("latest", (1,)), version_policy)
+    # Seconds each step of a start or reload that reads the disk may take: the scan of the
+    # repository, and each model's load and warm-up. A model past it fails and keeps the versions
+    # it had (a model file on a stalled mount cannot hold the reload, nor SIGTERM, for ever).
+    reload_timeout: float = setting(60.0, _positive_float)
+    # Model and version directories that are symlinks pointing outside the repository: served
+    # (true, logged) or refused as a load failure (false).
+    follow_symlinks: bool = setting(True, _boolean)
 
 
 @dataclass(frozen=True)
@@ -392,7 +401,7 @@ def load(path: str | os.PathLike, env: Mapping[str, str] | None = None,
     """Read and parse the file at `path`; a missing or unreadable file is a ConfigError."""
     source = str(Path(path).resolve())
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = files.read_text(Path(path))
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{source}: cannot read config: {exc}"]) from None
     return parse(text, source, env, overrides)

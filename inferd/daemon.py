@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Callable
 
 from . import loading
+from .bounded import Bounds, Interrupted, TookTooLong
 from .config import Config, ConfigError, restart_only_changes
-from .control import Control, ReloadRequest
+from .control import Control, Reloaded, ReloadRequest
 from .batcher import RunGate
 from .http.router import Router
-from .keys import configured_keys
+from .keys import configured_keys, no_keys_warnings
 from .imaging import codec_log
 from .http.server import HttpServer
 from .metrics import InferdMetrics, LoadedVersion
@@ -69,7 +70,7 @@ class Daemon:
         threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
                          name="http-accept", daemon=True).start()
         self._start_watchdog()
-        self._write_reload_status(True, f"serving {default}")
+        self._write_reload_status(Reloaded(True, f"serving {default}"))
         host, port = self.server.server_address[:2]
         log.info("serving %s on http://%s:%s", default, host, port)
         notify("READY=1", f"STATUS=serving {default} on {host}:{port}")
@@ -78,6 +79,8 @@ class Daemon:
         """Load and warm the models and open the HTTP server on `config`'s address (or the first
         of systemd's sockets); nothing is served until serve_forever runs."""
         keys = configured_keys(config)
+        for warning in no_keys_warnings(config, keys):
+            log.warning("%s", warning)
         self.gate = RunGate(config.batching.inference_workers)
         outcome = loading.load(config, self.metrics, gate=self.gate)
         _require_default(outcome)
@@ -94,8 +97,9 @@ class Daemon:
                                  listen_socket=sockets[0] if sockets else None)
 
     def _install_signal_handlers(self) -> None:
-        for signum in (signal.SIGHUP, *STOP_SIGNALS):
-            signal.signal(signum, lambda number, frame: self.control.post(number))
+        signal.signal(signal.SIGHUP, lambda number, frame: self.control.post(number))
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, lambda number, frame: self.control.post_stop(number))
 
     def _main_loop(self) -> None:
         while True:
@@ -106,40 +110,42 @@ class Daemon:
                 answer(event, lambda: self.reload(event.model))
             else:
                 log.info("received %s, draining", signal.Signals(event).name)
+                self.control.cancel_reloads("the daemon is stopping; the reload was not done")
                 return
 
-    def reload(self, model: str | None = None) -> tuple[bool, str]:
+    def reload(self, model: str | None = None) -> Reloaded:
         """Load what changed and swap it in; a model that fails keeps the versions it had.
 
         `model`: look at that model alone, under the configuration in force; None: read the
-        configuration again and look at every model. Returns (ok, message): ok when nothing
-        failed. Each reload is reported to systemd and to $RUNTIME_DIRECTORY/reload-status.json
-        (read by `inferd-reload`).
+        configuration again and look at every model. Ok when nothing failed. Each reload is
+        reported to systemd and to $RUNTIME_DIRECTORY/reload-status.json (read by `inferd-reload`).
         """
         notify("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec()}", "STATUS=reloading models")
-        ok, message = self._swap(model)
-        self.metrics.observe_reload(ok)
-        notify("READY=1", f"STATUS=serving {self.repository.default}" + ("" if ok else f" (last reload failed: {message})"))
+        outcome = self._swap(model)
+        self.metrics.observe_reload(outcome.ok)
+        notify("READY=1", f"STATUS=serving {self.repository.default}"
+               + ("" if outcome.ok else f" (last reload failed: {outcome.message})"))
         # Last: inferd-reload returns on this file, and systemd must have the status by then.
-        self._write_reload_status(ok, message)
-        return ok, message
+        self._write_reload_status(outcome)
+        return outcome
 
-    def _swap(self, only: str | None) -> tuple[bool, str]:
+    def _swap(self, only: str | None) -> Reloaded:
         current = self.repository.default
         try:
-            config = self.load_config() if only is None else self.service.config
-            for key in restart_only_changes(self.service.config, config):
-                log.warning("%s changes take effect at the next restart, not on reload", key)
-            # Before any model, so that a bad keys file changes nothing; one model's reload keeps them.
-            keys = configured_keys(config) if only is None else self.service.keys
-            outcome = loading.load(config, self.metrics, self.repository.loaded(), only, self.gate)
-            _require_default(outcome)
+            config, keys, outcome = self._prepare(only)
+        except Interrupted as exc:
+            log.warning("reload stopped, %s keeps serving: %s", current, exc)
+            return Reloaded(False, str(exc))
         except (ConfigError, ModelError) as exc:
             log.error("reload failed, %s keeps serving: %s", current, exc)
-            return False, str(exc)
+            return Reloaded(False, str(exc))
+        except TookTooLong as exc:
+            message = f"reading the configuration or the keys file {exc} ([models] reload_timeout)"
+            log.error("reload failed, %s keeps serving: %s", current, message)
+            return Reloaded(False, message)
         except Exception:
             log.exception("reload failed, %s keeps serving", current)
-            return False, "unexpected error (see the daemon's log)"
+            return Reloaded(False, "unexpected error (see the daemon's log)")
         failures = outcome.failures if only is None else {
             **{n: r for n, r in self.repository.failures.items() if n != only}, **outcome.failures}
         self.repository.install(outcome.models, outcome.default, failures)
@@ -153,7 +159,30 @@ class Daemon:
             log.error("reload failed for model %s, the versions it had keep serving: %s", name, reason)
         new = self.repository.find()
         log.info("reloaded: now serving %s (sha256 %s); %s", new.name, new.model.sha256[:12], outcome.summary())
-        return not outcome.failures, outcome.summary()
+        warnings = tuple(no_keys_warnings(config, keys)) if only is None else ()
+        for warning in warnings:
+            log.warning("%s", warning)
+        return Reloaded(not outcome.failures, outcome.summary(), warnings)
+
+    def _prepare(self, only: str | None) -> tuple[Config, list | None, loading.Outcome]:
+        """What a reload would install: the configuration, the keys and the loaded models. Each step
+        that reads the disk is bounded by [models] reload_timeout and stops waiting at SIGTERM
+        (bounded.py); nothing is installed here. Raises ConfigError, ModelError, TookTooLong, Interrupted."""
+        running = self.service.config
+        give_up = lambda: self.control.stop_requested  # noqa: E731
+        if only is None:
+            bounds = Bounds(running.models.reload_timeout, give_up)
+            config = bounds.run(self.load_config, name="reload-config")
+            # Before any model, so that a bad keys file changes nothing; one model's reload keeps them.
+            keys = bounds.run(lambda: configured_keys(config), name="reload-keys")
+        else:
+            config, keys = running, self.service.keys
+        for key in restart_only_changes(running, config):
+            log.warning("%s changes take effect at the next restart, not on reload", key)
+        outcome = loading.load(config, self.metrics, self.repository.loaded(), only, self.gate,
+                               Bounds(config.models.reload_timeout, give_up))
+        _require_default(outcome)
+        return config, keys, outcome
 
     def stop(self) -> int:
         """Stop accepting, let requests in flight finish (bounded by drain_timeout), stop inference."""
@@ -197,12 +226,15 @@ class Daemon:
             else:
                 log.error("inference is stalled; withholding the watchdog ping")
 
-    def _write_reload_status(self, ok: bool, message: str) -> None:
+    def _write_reload_status(self, outcome: Reloaded) -> None:
         directory = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
         if not directory:
             return
         self._reload_generation += 1
-        status = {"generation": self._reload_generation, "pid": os.getpid(), "ok": ok, "message": message}
+        status = {"generation": self._reload_generation, "pid": os.getpid(), "ok": outcome.ok,
+                  "message": outcome.message}
+        if outcome.warnings:
+            status["warnings"] = list(outcome.warnings)
         target = Path(directory) / RELOAD_STATUS_FILE
         try:
             temporary = target.with_suffix(".tmp")
@@ -222,7 +254,7 @@ def _require_default(outcome: loading.Outcome) -> None:
                                f"({outcome.summary()})")
 
 
-def answer(request: ReloadRequest, reload: Callable[[], tuple[bool, str]]) -> None:
+def answer(request: ReloadRequest, reload: Callable[[], Reloaded]) -> None:
     """Run `reload` for a request that waits on it: its outcome, or what it raised."""
     try:
         request.outcome.set_result(reload())

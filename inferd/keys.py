@@ -21,6 +21,7 @@ import logging
 import math
 import re
 import secrets
+import stat
 import threading
 import time
 from collections import OrderedDict
@@ -28,12 +29,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+from . import files
 from .config import ConfigError
+from .names import is_name
 
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "inferd_"
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 HASH = re.compile(r"sha256:([0-9a-f]{64})\Z")
 UNKNOWN, ANONYMOUS = "unknown", "anonymous"  # metric names of callers without a key of the file
 RESERVED = frozenset({UNKNOWN, ANONYMOUS})
@@ -147,7 +149,7 @@ def _key_line(words: list[str]) -> KeyLine:
     if len(words) < 2:
         raise ValueError("expected NAME sha256:HEX [rate=R] [burst=B] [images_rate=R] [images_burst=B]")
     name, digest, *options = words
-    if not NAME.match(name) or name in RESERVED:
+    if not is_name(name) or name in RESERVED:
         raise ValueError(f"bad key name {name!r}: letters, digits, '.', '_', '-' (not {' or '.join(sorted(RESERVED))})")
     if not HASH.match(digest):
         raise ValueError(f"key {name}: the hash must be sha256: and 64 lowercase hex digits (see inferd-keys)")
@@ -183,14 +185,22 @@ def load_keys(path: Path, defaults: Limits) -> list[Key]:
     """The keys of the file at `path`, limits resolved against `defaults`. Raises KeysFileError;
     logs a warning when the file is readable by everyone."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = files.read_text(path, devices=True)  # /dev/null: no keys, said loudly below
         mode = path.stat().st_mode
     except (OSError, UnicodeDecodeError) as exc:
         raise KeysFileError([f"{path}: cannot read the keys file: {exc}"]) from None
-    if mode & 0o004:
+    if stat.S_ISREG(mode) and mode & 0o004:
         log.warning("%s is readable by every user (mode %o): chmod o-r it", path, mode & 0o777)
     return [Key(line.name, bytes.fromhex(line.hash[len("sha256:"):]), replace(defaults, **line.limits))
             for line in parse_keys(text, str(path))]
+
+
+def no_keys_warnings(config, keys: list[Key] | None) -> list[str]:
+    """What to say loudly when a keys file holds no key (empty, comments only, /dev/null): keys
+    are on, so every inference request is refused, which is right but rarely meant."""
+    if keys is None or keys:
+        return []
+    return [f"{config.keys_path()} holds no keys: every inference request is refused (401) until one is added"]
 
 
 def configured_keys(config) -> list[Key] | None:

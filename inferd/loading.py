@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import configparser
 import hashlib
-import re
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import model as model_module
+from . import files, model as model_module, names
 from .batcher import Batcher, RunGate
+from .bounded import Bounds, TookTooLong
 from .config import Config, VersionPolicy, version_policy
 from .model import ModelError
 from .repository import LoadedModel
 
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+log = logging.getLogger(__name__)
+
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class Source:
         digest = hashlib.sha256()
         for path in (self.onnx, self.manifest, self.labels):
             try:
-                digest.update(path.read_bytes())
+                digest.update(files.read_bytes(path))
             except OSError as exc:
                 digest.update(f"unreadable {path}: {exc}".encode())
         digest.update(repr((config.model.intra_op_threads, config.model.inter_op_threads, config.model.providers,
@@ -67,17 +69,32 @@ class Outcome:
 
 
 def load(config: Config, metrics, current: list[LoadedModel] = (), only: str | None = None,
-         gate: RunGate | None = None) -> Outcome:
+         gate: RunGate | None = None, bounds: Bounds | None = None) -> Outcome:
     """The models `config` names, reusing the versions in `current` that did not change. With
-    `only`, only that model is looked at again; the others stay as they are in `current`."""
-    sources, failures = scan(config, only)
+    `only`, only that model is looked at again; the others stay as they are in `current`.
+
+    The scan, and each model's load, must end within `bounds` (default: [models] reload_timeout):
+    a model that takes longer fails, and the scan raises ModelError; bounded.Interrupted passes.
+    """
+    bounds = bounds or Bounds(config.models.reload_timeout)
+    try:
+        sources, failures = bounds.run(lambda: scan(config, only), name="scan-models")
+    except TookTooLong:
+        raise ModelError(f"reading the model directories took longer than [models] reload_timeout = "
+                         f"{bounds.timeout:g} s (a stalled disk or mount?)") from None
     by_key = {(m.name, m.version): m for m in current}
     outcome = Outcome(failures=failures)
     for name in sorted({s.name for s in sources} | set(failures)):
         if only is not None and name != only:
             continue
         kept = [m for m in current if m.name == name]
-        loaded, reason = _load_model([s for s in sources if s.name == name], by_key, config, metrics, gate)
+        mine = [s for s in sources if s.name == name]
+        try:
+            loaded, reason = bounds.run(lambda: _load_model(mine, by_key, config, metrics, gate),
+                                        discard=lambda late: _stop_fresh(late[0], by_key), name=f"load-{name}")
+        except TookTooLong:
+            loaded, reason = [], (f"loading took longer than [models] reload_timeout = {bounds.timeout:g} s "
+                                  "(a model file on a stalled disk or mount?)")
         reason = reason or failures.get(name)  # found but not loadable (its policy, its name)
         if reason is None:
             outcome.models.extend(loaded)
@@ -104,11 +121,16 @@ def _load_model(sources: list[Source], current: dict, config: Config, metrics, g
             else:
                 loaded.append(load_version(source, config, metrics, fingerprint, gate))
     except ModelError as exc:
-        for fresh in loaded:
-            if current.get((fresh.name, fresh.version)) is not fresh:
-                fresh.batcher.stop(0)
+        _stop_fresh(loaded, current)
         return [], str(exc)
     return loaded, None
+
+
+def _stop_fresh(loaded: list[LoadedModel], current: dict) -> None:
+    """Stop the batchers of the versions in `loaded` that `current` does not hold (nobody else will)."""
+    for fresh in loaded:
+        if current.get((fresh.name, fresh.version)) is not fresh:
+            fresh.batcher.stop(0)
 
 
 def load_version(source: Source, config: Config, metrics, fingerprint: str = "", gate: RunGate | None = None
@@ -148,18 +170,37 @@ def scan(config: Config, only: str | None = None) -> tuple[list[Source], dict[st
     for directory in directories:
         if only is not None and directory.name != only:
             continue
-        if not NAME.match(directory.name):
-            failures[directory.name] = "not a model name (letters, digits, '.', '_', '-'; at most 64)"
+        if not names.is_name(directory.name):
+            failures[directory.name] = f"not a model name ({names.RULE})"
             continue
         try:
-            sources.extend(_versions(directory, config.models.version_policy))
+            _check_link(directory, repository, config.models.follow_symlinks)
+            sources.extend(_versions(directory, config.models.version_policy, repository, config.models.follow_symlinks))
         except ModelError as exc:
             failures[directory.name] = str(exc)
     return sources, failures
 
 
-def _versions(directory: Path, default_policy: VersionPolicy) -> list[Source]:
+def _check_link(path: Path, repository: Path, follow: bool) -> None:
+    """Log where a symlinked model or version directory points; with `follow` false, raise
+    ModelError for one that points outside the repository."""
+    if not path.is_symlink():
+        return
+    target = path.resolve()
+    if target.is_relative_to(repository.resolve()):
+        log.info("%s is a symbolic link to %s", path, target)
+    elif follow:
+        log.info("%s is a symbolic link to %s, outside the repository ([models] follow_symlinks = true)",
+                 path, target)
+    else:
+        raise ModelError(f"{path} is a symbolic link to {target}, outside the repository "
+                         "([models] follow_symlinks = false)")
+
+
+def _versions(directory: Path, default_policy: VersionPolicy, repository: Path, follow: bool) -> list[Source]:
     numbered = sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+    for version in numbered:
+        _check_link(directory / str(version), repository, follow)
     if not numbered:
         return [Source(directory.name, "1", directory / "model.ini", directory / "labels.txt", directory / "model.onnx")]
     policy = _policy(directory / "model.ini", default_policy)
@@ -183,7 +224,14 @@ def _version(directory: Path, version: int) -> Source:
 def _policy(manifest: Path, default: VersionPolicy) -> VersionPolicy:
     parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"))
     try:
-        parser.read(manifest, encoding="utf-8")
+        parser.read_string(files.read_text(manifest), source=str(manifest))
+    except FileNotFoundError:
+        return default
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{manifest}: cannot read the manifest: {getattr(exc, 'strerror', None) or exc}") from None
+    except configparser.Error as exc:
+        raise ModelError(f"{manifest}: {exc}") from None
+    try:
         text = parser.get("versions", "policy", fallback=None)
         return version_policy(text) if text else default
     except (configparser.Error, ValueError) as exc:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from . import libc, optimized, providers as providers_module
+from . import files, libc, optimized, providers as providers_module
 from .imaging.preprocess import FILTERS, InputSpec
 
 class ModelError(RuntimeError):
@@ -46,8 +46,14 @@ def read_manifest(path: Path) -> Manifest:
     """Parse model.ini; raises ModelError naming the file, section and key."""
     parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"))
     try:
-        if not parser.read(path, encoding="utf-8"):
-            raise ModelError(f"{path}: missing (a model directory needs model.ini)")
+        parser.read_string(files.read_text(path), source=str(path))
+    except FileNotFoundError:
+        raise ModelError(f"{path}: missing (a model directory needs model.ini)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path}: cannot read the manifest: {_os_reason(exc)}") from None
+    except configparser.Error as exc:
+        raise ModelError(f"{path}: {exc}") from None
+    try:
         return Manifest(
             name=parser.get("model", "name"),
             input=_input_spec(parser, path),
@@ -95,9 +101,9 @@ def _triple(text: str, key: str) -> tuple[float, float, float]:
 
 def read_labels(path: Path) -> tuple[str, ...]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = files.read_text(path).splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{path}: cannot read labels: {exc}") from None
+        raise ModelError(f"{path}: cannot read labels: {_os_reason(exc)}") from None
     labels = tuple(line.strip() for line in lines if line.strip())
     if not labels:
         raise ModelError(f"{path}: no labels")
@@ -207,9 +213,14 @@ def available_cores() -> int:
 
 def _read_model_bytes(path: Path) -> bytes:
     try:
-        return path.read_bytes()
+        return files.read_bytes(path)
     except OSError as exc:
-        raise ModelError(f"{path}: cannot read model: {exc.strerror or exc}") from None
+        raise ModelError(f"{path}: cannot read model: {_os_reason(exc)}") from None
+
+
+def _os_reason(exc: Exception) -> str:
+    """Why a file could not be read, without repeating its path."""
+    return getattr(exc, "strerror", None) or str(exc)
 
 
 def _session(data: bytes, path: Path, intra: int, inter: int, choice, cache: Path | None) -> ort.InferenceSession:

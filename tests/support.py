@@ -170,7 +170,7 @@ def nan_model(directory: Path) -> Path:
     from onnx import helper, numpy_helper
     import numpy as np
 
-    model_build.build_model("tiny", directory)
+    model_build.build_model("tiny", directory, force=True)  # force: never the graph this edits
     graph_model = onnx.load(str(directory / "model.onnx"))
     graph = graph_model.graph
     final = next(node for node in graph.node if "logits" in node.output)
@@ -178,5 +178,47 @@ def nan_model(directory: Path) -> Path:
     graph.initializer.append(numpy_helper.from_array(np.zeros((), np.float32), "zero"))
     graph.node.extend([helper.make_node("Div", ["raw_logits", "zero"], ["infinite"]),
                        helper.make_node("Mul", ["infinite", "zero"], ["logits"])])
+    onnx.save(graph_model, str(directory / "model.onnx"))
+    return directory
+
+
+def slow_model(directory: Path, convolutions: int = 100, upscale: int = 1) -> Path:
+    """The tiny model with extra work beside it that does not change its answers: `convolutions`
+    3x3 convolutions of 64 channels over the input scaled up `upscale` times on each side, added to
+    the logits times zero (about 10 ms per convolution at upscale 1 on 2 Zen 5 cores, 16 times
+    that at 4). Warm-up runs it once, so its load takes that long too."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model_build.build_model("tiny", directory, force=True)  # force: never the graph this edits
+    graph_model = onnx.load(str(directory / "model.onnx"))
+    graph = graph_model.graph
+    final = next(node for node in graph.node if "logits" in node.output)
+    final.output[:] = ["fast_logits"]
+    rng = np.random.default_rng(0)
+
+    def weight(name: str, shape: tuple) -> str:
+        graph.initializer.append(numpy_helper.from_array((rng.standard_normal(shape) * 0.05).astype(np.float32), name))
+        return name
+
+    previous, nodes = "input", []
+    if upscale > 1:
+        graph.initializer.extend([numpy_helper.from_array(np.zeros(0, np.float32), "no_roi"),
+                                  numpy_helper.from_array(np.array([1, 1, upscale, upscale], np.float32), "scales")])
+        nodes.append(helper.make_node("Resize", ["input", "no_roi", "scales"], ["scaled"], mode="nearest"))
+        previous = "scaled"
+    for n in range(convolutions):
+        channels = 3 if n == 0 else 64
+        nodes.append(helper.make_node("Conv", [previous, weight(f"w{n}", (64, channels, 3, 3))], [f"c{n}"],
+                                      pads=[1, 1, 1, 1]))
+        previous = f"c{n}"
+    graph.initializer.append(numpy_helper.from_array(np.zeros((), np.float32), "nothing"))
+    nodes += [helper.make_node("ReduceMean", [previous], ["pooled"], axes=[2, 3], keepdims=1),
+              helper.make_node("Flatten", ["pooled"], ["flat"]),
+              helper.make_node("ReduceMean", ["flat"], ["work"], axes=[1], keepdims=1),
+              helper.make_node("Mul", ["work", "nothing"], ["zero_work"]),
+              helper.make_node("Add", ["fast_logits", "zero_work"], ["logits"])]
+    graph.node.extend(nodes)
     onnx.save(graph_model, str(directory / "model.onnx"))
     return directory

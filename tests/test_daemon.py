@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -176,3 +178,112 @@ def test_python_dash_m_and_console_script_agree():
     result = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0 and "inferd 0.1.0" in result.stdout
     assert (REPO / "inferd" / "__main__.py").exists()
+
+
+# -- reloads that cannot hold the main loop (issue 21) -------------------------------------------------
+
+def repository_daemon(start_daemon, tmp_path, tiny_model_dir, extra: str = ""):
+    """A daemon serving a repository that holds a copy of the tiny model as "tiny"."""
+    repository = tmp_path / "repository"
+    copy_model(tiny_model_dir, repository / "tiny")
+    daemon = start_daemon(f"[models]\nrepository = {repository}\ndefault = tiny\n{extra}"
+                          "[server]\ndrain_timeout = 1\n[logging]\naccess_log = false\n")
+    return daemon, repository
+
+
+def infer_ok(daemon, model: str = "tiny") -> bool:
+    return requests.post(f"{daemon.url}/infer?model={model}", files={"file": ("a.png", solid_png((9, 9, 9)))},
+                         timeout=10).ok
+
+
+def stop_seconds(daemon) -> tuple[int, float]:
+    started = time.monotonic()
+    daemon.signal(signal.SIGTERM)
+    code = daemon.proc.wait(30)
+    return code, time.monotonic() - started
+
+
+def test_labels_replaced_by_a_fifo_fail_their_model_at_once_and_sigterm_is_obeyed(start_daemon, tmp_path,
+                                                                                  tiny_model_dir):
+    """Was: the reload blocked in open() of the FIFO, later reloads queued behind it, and SIGTERM
+    waited as long as the read did (for ever without a writer)."""
+    daemon, repository = repository_daemon(start_daemon, tmp_path, tiny_model_dir)
+    labels = repository / "tiny" / "labels.txt"
+    labels.unlink()
+    os.mkfifo(labels)
+    started = time.monotonic()
+    answer = requests.post(f"{daemon.url}/admin/reload", timeout=20)
+    assert answer.status_code == 500 and "labels.txt: cannot read labels: not a regular file (a FIFO)" in answer.json()["error"]
+    assert time.monotonic() - started < 5
+    assert infer_ok(daemon)  # the version it had keeps serving
+    assert health(daemon)["models"][0]["last_error"].endswith("not a regular file (a FIFO)")
+    code, seconds = stop_seconds(daemon)
+    assert code == 0 and seconds < 1 + 3, seconds
+
+
+def test_a_model_whose_load_outlasts_reload_timeout_fails_alone(start_daemon, tmp_path, tiny_model_dir):
+    from tests.support import slow_model
+
+    daemon, repository = repository_daemon(start_daemon, tmp_path, tiny_model_dir, "reload_timeout = 1\n")
+    slow_model(repository / "slow", convolutions=40, upscale=4)  # ~6 s to warm up on 2 cores
+    started = time.monotonic()
+    answer = requests.post(f"{daemon.url}/admin/reload", timeout=20)
+    assert answer.status_code == 500, answer.text
+    assert "slow: loading took longer than [models] reload_timeout = 1 s" in answer.json()["error"]
+    assert time.monotonic() - started < 4
+    assert infer_ok(daemon)
+    assert {m["name"]: m["state"] for m in health(daemon)["models"]} == {"slow": "failed", "tiny": "ready"}
+
+
+def test_sigterm_during_a_long_reload_exits_within_the_drain_timeout(start_daemon, tmp_path, tiny_model_dir):
+    """The main loop waits for a reload's loads without blocking: a stop signal ends the wait."""
+    from tests.support import slow_model
+
+    daemon, repository = repository_daemon(start_daemon, tmp_path, tiny_model_dir)
+    slow_model(repository / "slow", convolutions=40, upscale=4)
+    daemon.signal(signal.SIGHUP)
+    daemon.notify.wait_for("RELOADING", "1")
+    time.sleep(0.5)  # into the slow model's warm-up (a reload of the tiny one alone takes ~50 ms)
+    code, seconds = stop_seconds(daemon)
+    assert code == 0 and seconds < 1 + 3, seconds  # drain_timeout 1 s, plus a margin
+    assert "reload stopped" in daemon.log() and "interrupted: the daemon is stopping" in daemon.log()
+
+
+def test_admin_and_v2_path_parameters_are_percent_decoded_alike(start_daemon, tmp_path, tiny_model_dir):
+    """Was: /admin/models/tin%79/reload answered 404 while /v2/models/tin%79 found the model."""
+    import http.client  # sends the target as written (requests decodes %79 to "y" itself)
+
+    daemon, _ = repository_daemon(start_daemon, tmp_path, tiny_model_dir)
+
+    def status(method: str, target: str) -> int:
+        connection = http.client.HTTPConnection(daemon.url.removeprefix("http://"), timeout=20)
+        try:
+            connection.request(method, target)
+            return connection.getresponse().status
+        finally:
+            connection.close()
+    assert status("POST", "/admin/models/tin%79/reload") == 200
+    assert status("GET", "/v2/models/tin%79") == 200
+    assert status("POST", "/admin/models/tin%2Fy/reload") == 404
+
+
+def test_an_empty_keys_file_reloads_with_a_loud_warning(start_daemon, tmp_path, tiny_model_dir):
+    """Was: an empty, comments-only or /dev/null keys file reloaded with 200 and refused everyone
+    without a word. Failing closed stays; now the journal and the reload's answer say so."""
+    keys = tmp_path / "keys"
+    keys.write_text("")
+    keys.chmod(0o600)
+    daemon = start_daemon(f"[model]\npath = {tiny_model_dir}\n[auth]\nkeys_file = {keys}\n")
+    assert f"{keys} holds no keys: every inference request is refused" in daemon.log()
+    for name, target in (("comments only", "# nobody yet\n"), ("/dev/null", None)):
+        config = tmp_path / "inferd.conf"
+        if target is None:
+            config.write_text(f"[model]\npath = {tiny_model_dir}\n[auth]\nkeys_file = /dev/null\n")
+        else:
+            keys.write_text(target)
+        answer = requests.post(f"{daemon.url}/admin/reload", timeout=20)
+        assert answer.status_code == 200, (name, answer.text)
+        assert "holds no keys" in answer.json()["warnings"][0], name
+        assert requests.post(f"{daemon.url}/infer", files={"file": ("a.png", solid_png((1, 2, 3)))},
+                             timeout=10).status_code == 401, name
+    assert daemon.log().count("holds no keys: every inference request is refused (401)") == 3

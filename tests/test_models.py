@@ -335,3 +335,38 @@ def test_a_model_that_answers_nan_gets_422_never_a_nan_token(serve, tmp_path):
         json.loads(answer.text, parse_constant=lambda token: pytest.fail(f"{token} in {answer.text[:200]}"))
     images = requests.get(f"{server.url}/metrics", timeout=10).json()["images"]
     assert images["error"] == 3 and images["ok"] == 0
+
+
+def test_symlinked_model_directories_are_logged_and_refused_outside_when_asked(tmp_path, tiny_model_dir, caplog):
+    """Issue 21: a model directory that is a symlink out of the repository was served silently."""
+    repository = tmp_path / "repository"
+    repository.mkdir()
+    outside = tmp_path / "elsewhere" / "linked"
+    shutil.copytree(tiny_model_dir, outside)
+    (repository / "linked").symlink_to(outside)
+    shutil.copytree(tiny_model_dir, repository / "inside")
+    (repository / "alias").symlink_to(repository / "inside")
+    follow = config.parse(f"[models]\nrepository = {repository}\n")
+    with caplog.at_level("INFO", logger="inferd.loading"):
+        sources, failures = loading.scan(follow)
+    assert {s.name for s in sources} == {"linked", "inside", "alias"} and not failures
+    assert f"{repository / 'linked'} is a symbolic link to {outside}, outside the repository" in caplog.text
+    assert f"{repository / 'alias'} is a symbolic link to {repository / 'inside'}\n" in caplog.text + "\n"
+    strict = config.parse(f"[models]\nrepository = {repository}\nfollow_symlinks = false\n")
+    sources, failures = loading.scan(strict)
+    assert {s.name for s in sources} == {"inside", "alias"}
+    assert failures["linked"].endswith("outside the repository ([models] follow_symlinks = false)")
+
+
+def test_a_directory_that_is_not_a_model_name_counts_under_one_label(serve, tmp_path, tiny_model_dir):
+    """Issue 21: "<b>x" became a permanent inferd_model_reloads_total{model="<b>x"} series."""
+    repository = tmp_path / "repository"
+    shutil.copytree(tiny_model_dir, repository / "tiny")
+    (repository / "<b>x").mkdir()
+    (repository / "a b").mkdir()
+    server = serve(config.parse(f"[models]\nrepository = {repository}\n[logging]\naccess_log = false\n"))
+    assert requests.post(f"{server.url}/admin/reload", timeout=20).status_code == 500
+    text = requests.get(f"{server.url}/metrics?format=prometheus", timeout=10).text
+    reloads = [line for line in text.splitlines() if line.startswith("inferd_model_reloads_total{")]
+    assert 'inferd_model_reloads_total{model="(invalid)",result="failure"} 2' in reloads
+    assert not any("<b>" in line or "a b" in line for line in reloads), reloads

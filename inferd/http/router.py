@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Callable, Iterable, Mapping
+from urllib.parse import unquote
 
 from .errors import HTTPError
 from .messages import INFERENCE, OTHER, Handler, Route
@@ -13,7 +14,11 @@ class Router:
     segment ("{name}" matches one non-empty segment).
 
     guards: (path prefix, check(request, context)) pairs; a check runs before routing for every
-    path under its prefix, known or not (an unauthorised client learns nothing of /admin/*)."""
+    path under its prefix, known or not (an unauthorised client learns nothing of /admin/*).
+
+    Path parameters are percent-decoded (RFC 3986 §2.1), the same way for every route: a segment
+    is matched as it came, then decoded, so "%2F" in a model name is that name's "/", never a
+    segment boundary."""
 
     def __init__(self, routes: Iterable[Route], guards: Iterable[tuple[str, Callable]] = ()):
         self.routes = tuple(routes)
@@ -68,7 +73,7 @@ def _match(pattern: list[str], segments: list[str]) -> Mapping[str, str] | None:
         if want.startswith("{") and want.endswith("}"):
             if not got:
                 return None
-            params[want[1:-1]] = got
+            params[want[1:-1]] = unquote(got)
         elif want != got:
             return None
     return params

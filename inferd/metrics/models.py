@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from .. import names
 from .families import Counter, Gauge, Histogram, Registry
 
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -101,7 +102,9 @@ class ModelFamilies:
             self.versions = tuple(versions)
 
     def observe_reload(self, model: str, ok: bool) -> None:
-        self.reloads.labels(model=model, result="success" if ok else "failure").inc()
+        """Count a reload that looked at `model`; a directory name that is not a model name counts
+        under "(invalid)", so that what an operator (or a stray directory) names stays bounded."""
+        self.reloads.labels(model=names.label(model), result="success" if ok else "failure").inc()
 
     def copy_for_json(self) -> dict:
         """Per (model, version): images by outcome, batches (count, images), inference seconds; and

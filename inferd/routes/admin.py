@@ -60,11 +60,14 @@ def reload_model(request: Request, context) -> Response:
 def _reload(context, model: str | None) -> Response:
     if context.control.draining:
         raise HTTPError(503, "reload is not available now")
-    ok, message = context.control.reload(model)
-    if not ok:
-        raise HTTPError(500, f"reload failed, the previous model keeps serving: {redact_paths(message)}")
-    return Response(200, {"message": "Model reloaded successfully", "outcome": message,
-                          "model": context.service.describe_default()})
+    outcome = context.control.reload(model)
+    if not outcome.ok:
+        raise HTTPError(500, f"reload failed, the previous model keeps serving: {redact_paths(outcome.message)}")
+    answer = {"message": "Model reloaded successfully", "outcome": outcome.message,
+              "model": context.service.describe_default()}
+    if outcome.warnings:
+        answer["warnings"] = [redact_paths(warning) for warning in outcome.warnings]
+    return Response(200, answer)
 
 
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])(?:/[^\s/:;,'\"()\[\]]+)+/?")

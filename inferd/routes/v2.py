@@ -6,7 +6,6 @@ model's manifest exactly as /infer does it, with the same limits."""
 from __future__ import annotations
 
 import contextlib
-from urllib.parse import unquote
 
 import numpy as np
 
@@ -80,8 +79,7 @@ def _find(request: Request, context) -> LoadedModel:
 
 
 def _names(request: Request) -> tuple[str, str | None]:
-    version = request.params.get("version")
-    return unquote(request.params["model"]), unquote(version) if version is not None else None
+    return request.params["model"], request.params.get("version")
 
 
 @contextlib.contextmanager

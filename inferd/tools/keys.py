@@ -18,7 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..keys import LIMIT_PARSERS, NAME, RESERVED, KeyLine, KeysFileError, key_hash, new_key, parse_keys
+from ..names import is_name
+from ..keys import LIMIT_PARSERS, RESERVED, KeyLine, KeysFileError, key_hash, new_key, parse_keys
 
 DEFAULT_FILE = "/etc/inferd/keys"
 
@@ -43,7 +44,7 @@ def read_lines(path: Path) -> tuple[str, list[KeyLine]]:
 
 def add(path: Path, name: str, limits: dict) -> str:
     """Append a new key named `name` with `limits`; returns the key (shown once, never stored)."""
-    if not NAME.match(name) or name in RESERVED:
+    if not is_name(name) or name in RESERVED:
         raise KeysToolError(f"bad name {name!r}: letters, digits, '.', '_', '-', at most 64, "
                             f"not {' or '.join(sorted(RESERVED))}")
     text, lines = read_lines(path)

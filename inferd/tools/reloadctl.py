@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     except ReloadError as exc:
         _say(3, str(exc), sys.stderr)
         return exc.exit_code
+    for warning in status.get("warnings", []):
+        _say(4, f"warning: {warning}", sys.stderr)
     if status.get("ok"):
         _say(6, f"reloaded (generation {status['generation']}): {status.get('message', '')}", sys.stdout)
         return OK

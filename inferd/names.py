@@ -1,0 +1,20 @@
+"""The one rule for the names operators give things: models (their directories) and API keys.
+Such names become URL segments, metric label values and log words, so they are short and plain."""
+
+from __future__ import annotations
+
+import re
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+RULE = "letters, digits, '.', '_', '-'; at most 64"
+INVALID = "(invalid)"  # the label value standing for any name that breaks the rule
+
+
+def is_name(text: str) -> bool:
+    return NAME.match(text) is not None
+
+
+def label(text: str) -> str:
+    """`text` as a metric label value: itself when it is a name, INVALID otherwise, so that a name
+    the daemon refuses never becomes a series of its own."""
+    return text if is_name(text) else INVALID
