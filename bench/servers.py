@@ -85,9 +85,10 @@ class NotifySocket:
 
 
 def start_inferd(model_dir: Path, workdir: Path, config: str = "", timeout: float = 120.0,
-                 env: dict[str, str] | None = None) -> Server:
+                 env: dict[str, str] | None = None, cgroup: Path | None = None) -> Server:
     """Run `python -m inferd` on 127.0.0.1, port 0, with `model_dir`, extra INI `config` text and extra
-    environment variables `env` (INFERD_<SECTION>_<KEY> overrides).
+    environment variables `env` (INFERD_<SECTION>_<KEY> overrides); in `cgroup` (a directory of the
+    cgroup v1 cpu controller, see cpu_quota_group) from its first instruction when given.
 
     Returns once READY=1 arrived; `started_in` is the time from spawn to READY=1. Raises
     RuntimeError with the daemon's log when it exits or stays silent.
@@ -101,8 +102,9 @@ def start_inferd(model_dir: Path, workdir: Path, config: str = "", timeout: floa
            "INFERD_SERVER_HOST": "127.0.0.1"}
     began = time.monotonic()
     with open(log_path, "wb") as log:
+        join = (lambda: (cgroup / "cgroup.procs").write_text(str(os.getpid()))) if cgroup else None
         proc = subprocess.Popen([sys.executable, "-m", "inferd", "--config", str(config_path)],
-                                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
+                                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, preexec_fn=join)
     try:
         ready = notify.wait_for("READY=1", timeout, alive=lambda: proc.poll() is None)
     except TimeoutError:
@@ -176,6 +178,25 @@ def wait_healthy(url: str, timeout: float, alive=lambda: True) -> bool:
             connection.close()
         time.sleep(0.1)  # polling interval of a readiness probe with a deadline, not a readiness guess
     return False
+
+
+CPU_CONTROLLER = Path("/sys/fs/cgroup/cpu")  # cgroup v1, which this machine mounts (needs root)
+
+
+def cpu_quota_group(name: str, cores: float) -> Path:
+    """A cgroup v1 cpu group allowing `cores` CPUs' worth of time per 100 ms period (as a container's
+    --cpus or a unit's CPUQuota= does); remove it with remove_group once its processes are gone."""
+    group = CPU_CONTROLLER / name
+    group.mkdir(exist_ok=True)
+    (group / "cpu.cfs_period_us").write_text("100000")
+    (group / "cpu.cfs_quota_us").write_text(str(int(cores * 100000)))
+    return group
+
+
+def remove_group(group: Path) -> None:
+    for pid in (group / "cgroup.procs").read_text().split():
+        (group.parent / "cgroup.procs").write_text(pid)
+    group.rmdir()
 
 
 def scratch_dir() -> Path:

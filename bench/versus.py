@@ -6,6 +6,7 @@ median of the per-round ratios, then each daemon's peak RSS.
     git worktree add /tmp/before <commit>
     python -m bench.versus /tmp/before
     python -m bench.versus . --after-config $'[batching]\ninference_workers = 2'
+    python -m bench.versus /tmp/before --cpu-quota 1    # each daemon in a cgroup allowed one CPU
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from .loadgen import loadgen
 CONCURRENCY = (1, 4, 16)
 
 
-def start(tree: Path | None, model: Path, workdir: Path, config: str = "") -> servers.Server:
+def start(tree: Path | None, model: Path, workdir: Path, config: str = "", cgroup: Path | None = None
+          ) -> servers.Server:
     """inferd from `tree` (its package first on PYTHONPATH), or from this checkout when None."""
-    return servers.start_inferd(model, workdir, config, env={"PYTHONPATH": str(tree)} if tree else None)
+    return servers.start_inferd(model, workdir, config, env={"PYTHONPATH": str(tree)} if tree else None,
+                                cgroup=cgroup)
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -32,10 +35,10 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def images_per_second(url: str, body: bytes, content_type: str, connections: int, seconds: float) -> float:
+def measure(url: str, body: bytes, content_type: str, connections: int, seconds: float) -> dict:
+    """loadgen.summarise of `seconds` of load (throughput, p50_ms, p99_ms...), after a warm-up."""
     loadgen.run_load(url, body, content_type, connections=connections, duration=0.5)  # warm the connections
-    return loadgen.summarise(loadgen.run_load(url, body, content_type, connections=connections,
-                                              duration=seconds))["throughput"]
+    return loadgen.summarise(loadgen.run_load(url, body, content_type, connections=connections, duration=seconds))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,10 +49,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=2.5, help="of load per tree, round and concurrency")
     parser.add_argument("--before-config", default="", help="INI text added to the first daemon's config")
     parser.add_argument("--after-config", default="", help="INI text added to this checkout's daemon's config")
+    parser.add_argument("--cpu-quota", type=float, default=0.0,
+                        help="run each daemon in a cgroup (v1 cpu, as root) allowed this many CPUs; 0: none")
     args = parser.parse_args(argv)
     work = servers.scratch_dir()
-    daemons = {"before": start(args.before.resolve(), args.model, work / "before", args.before_config),
-               "after": start(None, args.model, work / "after", args.after_config)}
+    groups = {name: servers.cpu_quota_group(f"inferd-versus-{name}", args.cpu_quota) if args.cpu_quota else None
+              for name in ("before", "after")}
+    daemons = {"before": start(args.before.resolve(), args.model, work / "before", args.before_config,
+                               groups["before"]),
+               "after": start(None, args.model, work / "after", args.after_config, groups["after"])}
     try:
         for label, path in images.write_images(servers.REPO / "bench-results" / "images").items():
             content_type, body = loadgen.multipart_body(path.read_bytes(), path.name)
@@ -57,15 +65,28 @@ def main(argv: list[str] | None = None) -> int:
                 seen = {name: [] for name in daemons}
                 for _ in range(args.rounds):
                     for name, daemon in daemons.items():
-                        seen[name].append(images_per_second(daemon.url, body, content_type, connections, args.seconds))
-                ratio = statistics.median(a / b for a, b in zip(seen["after"], seen["before"]))
-                print(f"{label:14} c={connections:<2}  before {statistics.median(seen['before']):6.1f}/s  "
-                      f"after {statistics.median(seen['after']):6.1f}/s  after/before {ratio:.2f}", flush=True)
+                        seen[name].append(measure(daemon.url, body, content_type, connections, args.seconds))
+                print(_line(label, connections, seen), flush=True)
         print("peak RSS  " + "  ".join(f"{name} {peak_rss_mb(d.proc.pid):.0f} MB" for name, d in daemons.items()))
     finally:
         for daemon in daemons.values():
             daemon.stop()
+        for group in filter(None, groups.values()):
+            servers.remove_group(group)
     return 0
+
+
+def _line(label: str, connections: int, seen: dict[str, list[dict]]) -> str:
+    """Medians over rounds of images/s and p99 of each daemon, and the median per-round ratio."""
+    def median(name: str, key: str) -> float:
+        return statistics.median(r[key] for r in seen[name])
+    ratio = statistics.median(a["throughput"] / b["throughput"] for a, b in zip(seen["after"], seen["before"]))
+    spread = {name: max(r["throughput"] for r in rs) / max(min(r["throughput"] for r in rs), 1e-9) - 1
+              for name, rs in seen.items()}
+    return (f"{label:14} c={connections:<2}  before {median('before', 'throughput'):6.1f}/s p99 "
+            f"{median('before', 'p99_ms'):6.1f} ms  after {median('after', 'throughput'):6.1f}/s p99 "
+            f"{median('after', 'p99_ms'):6.1f} ms  after/before {ratio:.2f}  spread over rounds "
+            f"{spread['before']:.0%} / {spread['after']:.0%}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import loading
+from . import cpus, loading
 from .bounded import Bounds, Interrupted, TookTooLong
 from .config import Config, ConfigError, restart_only_changes
 from .control import Control, Reloaded, ReloadRequest
@@ -209,7 +209,8 @@ class Daemon:
     def _publish(self, config: Config) -> None:
         versions = [LoadedVersion(m.name, m.version, m.model.sha256, m.loaded_at, m.batcher.depth,
                                   tuple(m.model.providers())) for m in self.repository.loaded()]
-        self.metrics.set_models(versions, self.repository.default)
+        self.service.cores = cpus.cores()
+        self.metrics.set_models(versions, self.repository.default, self.service.cores.effective)
         logging.getLogger("inferd").setLevel(config.logging.level.upper())
 
     def _start_watchdog(self) -> None:

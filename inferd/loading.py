@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import files, model as model_module, names
+from . import cpus, files, model as model_module, names
 from .batcher import Batcher, RunGate
 from .bounded import Bounds, TookTooLong
 from .config import Config, VersionPolicy, version_policy
@@ -138,7 +138,7 @@ def load_version(source: Source, config: Config, metrics, fingerprint: str = "",
     """Load, check and warm one version and start its batcher; raises ModelError."""
     batching = config.batching
     workers = batching.inference_workers
-    intra = config.model.intra_op_threads or max(1, model_module.available_cores() // workers)
+    intra = config.model.intra_op_threads or max(1, cpus.available() // workers)
     model = model_module.load(
         source.manifest.parent, source.onnx, source.labels, manifest_file=source.manifest,
         intra_op_threads=intra, inter_op_threads=config.model.inter_op_threads,

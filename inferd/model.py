@@ -10,7 +10,6 @@ import configparser
 import functools
 import hashlib
 import json
-import os
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from . import files, libc, optimized, providers as providers_module
+from . import cpus, files, libc, optimized, providers as providers_module
 from .imaging.preprocess import FILTERS, InputSpec
 
 class ModelError(RuntimeError):
@@ -163,7 +162,8 @@ class Model:
     def describe(self) -> dict:
         return {"name": self.name, "sha256": self.sha256, "labels": len(self.labels),
                 "input": list(self.input_shape()), "layout": self.manifest.input.layout,
-                "providers": self.providers()}
+                "providers": self.providers(),
+                "intra_op_threads": self.session.get_session_options().intra_op_num_threads}
 
 
 def _free_and_trim(session_box: list) -> None:
@@ -196,19 +196,12 @@ def load(model_dir: Path, model_file: Path, labels_file: Path, *, manifest_file:
         choice = providers_module.choose(providers, provider_fallback)
     except providers_module.ProviderError as exc:
         raise ModelError(f"{model_file}: {exc}") from None
-    session = _session(data, model_file, intra_op_threads or available_cores(), inter_op_threads, choice,
+    session = _session(data, model_file, intra_op_threads or cpus.available(), inter_op_threads, choice,
                        optimized_cache)
     model = Model(manifest, labels, session, hashlib.sha256(data).hexdigest(), model_file)
     _check_shapes(model, model_file)
     warm_up(model, warmup_batch)
     return model
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def _read_model_bytes(path: Path) -> bytes:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from . import cpus
 from .cache import Lookup, ResponseCache
 from .config import Config
 from .imaging import preprocess
@@ -81,6 +82,7 @@ class Service:
         self.keys = keys
         self.cache = ResponseCache(config.cache.max_bytes, metrics.cache if metrics else None)
         self.access = Access(config.auth, keys, metrics.keys if metrics else None)
+        self.cores = cpus.cores()  # the daemon refreshes it at every reload
         if metrics:
             metrics.cache.watch(self.cache.stats)
 

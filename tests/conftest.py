@@ -71,10 +71,12 @@ def start_daemon(tmp_path):
     """start_daemon(config_text, env=None, args=()) -> a DaemonProcess that has sent READY=1.
 
     `env` entries override the test's environment; a None value removes the variable. The config is written to tmp_path/inferd.conf; port 0 unless the text sets one.
+    `preexec` runs in the child before it becomes the daemon (to join a cgroup, say).
     """
     started: list[DaemonProcess] = []
 
-    def start(config_text: str = "", env: dict | None = None, args: tuple = (), wait: bool = True):
+    def start(config_text: str = "", env: dict | None = None, args: tuple = (), wait: bool = True,
+              preexec=None):
         config_path = tmp_path / "inferd.conf"
         config_path.write_text(config_text)
         notify = NotifySocket(tmp_path, f"notify-{len(started)}.sock")  # one per daemon
@@ -83,7 +85,8 @@ def start_daemon(tmp_path):
         environment = {key: value for key, value in environment.items() if value is not None}
         with open(log_path, "wb") as log:
             proc = subprocess.Popen([sys.executable, "-m", "inferd", "--config", str(config_path), *args],
-                                    env=environment, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+                                    env=environment, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+                                    preexec_fn=preexec)
         daemon = DaemonProcess(proc, notify, log_path)
         started.append(daemon)
         return daemon.wait_ready() if wait else daemon

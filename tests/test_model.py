@@ -13,7 +13,7 @@ import requests
 from PIL import Image
 
 from tests.support import REPO, config_for
-from inferd import model
+from inferd import cpus, model
 from inferd.model import ModelError
 
 
@@ -100,7 +100,7 @@ def test_unreadable_and_corrupt_models_fail_at_load(tmp_path, tiny_model_dir):
 def test_thread_counts_are_applied(tiny_model_dir):
     loaded = load(tiny_model_dir, intra_op_threads=1)
     assert loaded.session.get_session_options().intra_op_num_threads == 1
-    assert load(tiny_model_dir).session.get_session_options().intra_op_num_threads == model.available_cores()
+    assert load(tiny_model_dir).session.get_session_options().intra_op_num_threads == cpus.available()
 
 
 def test_top_k_is_sorted_and_softmaxed(tiny_model_dir):

@@ -70,12 +70,12 @@ class InferdMetrics:
             ("result",), registry=r)
         self._build_info = Gauge(
             "inferd_build_info", "Versions of inferd and what it runs on; the value is always 1.",
-            ("version", "python", "onnxruntime", "providers"), registry=r)
+            ("version", "python", "onnxruntime", "providers", "cpus"), registry=r)
         if process:
             r.register_collector(ProcessCollector())
         self._create_fixed_series()
         self._build = {"version": __version__, "python": platform.python_version(),
-                       "onnxruntime": onnxruntime_version or _onnxruntime_version(), "providers": ""}
+                       "onnxruntime": onnxruntime_version or _onnxruntime_version(), "providers": "", "cpus": ""}
         self._build_info.labels(**self._build).set(1)
         self._default_model = ""
         # Latencies of the most recent LATENCY_WINDOW inference requests, for the JSON percentiles.
@@ -126,13 +126,14 @@ class InferdMetrics:
         """What one loaded version observes (images, preprocessing, queue waits, batches)."""
         return VersionMetrics(self.models, model, version)
 
-    def set_models(self, versions: list[LoadedVersion], default: str) -> None:
-        """The loaded versions, replaced in one step: no scrape sees two sets or none."""
+    def set_models(self, versions: list[LoadedVersion], default: str, cpus: int | None = None) -> None:
+        """The loaded versions, replaced in one step: no scrape sees two sets or none. `cpus`: the
+        cores the daemon may keep busy (its affinity capped by its cgroup's CPU quota)."""
         providers = ",".join(dict.fromkeys(p for v in versions for p in v.providers))
         with self.registry.atomically():
             self.models.install(versions)
             self._default_model = default
-            self._build = {**self._build, "providers": providers}
+            self._build = {**self._build, "providers": providers, "cpus": "" if cpus is None else str(cpus)}
             self._build_info.clear()
             self._build_info.labels(**self._build).set(1)
 

@@ -107,7 +107,8 @@ def health(request: Request, context) -> Response:
         return Response(503, {"status": "draining", "model_loaded": model is not None, "models": models})
     if model is None:
         return Response(503, {"status": "loading", "model_loaded": False, "models": models})
-    return Response(200, {"status": "ok", "model_loaded": True, "model": model, "models": models})
+    return Response(200, {"status": "ok", "model_loaded": True, "model": model, "models": models,
+                          "cpus": context.service.cores.describe()})
 
 
 def models(request: Request, context) -> Response:

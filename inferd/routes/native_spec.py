@@ -49,6 +49,7 @@ SCHEMAS = {
             "labels": {"type": "integer", "description": "How many classes the model tells apart."},
             "input": {"type": "array", "items": {"type": "integer"}, "description": "One image's input shape."},
             "layout": {"type": "string", "enum": ["NCHW", "NHWC"]},
+            "intra_op_threads": {"type": "integer", "description": "Threads each run of its session may use."},
         },
     },
     "ModelState": {
@@ -69,6 +70,11 @@ SCHEMAS = {
             "model_loaded": {"type": "boolean"},
             "model": ref("ModelDescription"),
             "models": {"type": "array", "items": ref("ModelState")},
+            "cpus": {"type": "object", "description": "The cores the daemon may keep busy: its CPU affinity, capped "
+                     "by its cgroup's CPU quota (rounded up), as measured at the last start or reload.",
+                     "properties": {"effective": {"type": "integer"}, "affinity": {"type": "integer"},
+                                    "quota": {"type": ["number", "null"],
+                                              "description": "Cores' worth of CPU time per period; null: none."}}},
         },
     },
     "Models": {
