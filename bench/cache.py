@@ -22,7 +22,7 @@ import math
 import statistics
 from pathlib import Path
 
-from .loadgen import loadgen
+from inferd.tools import loadclient
 
 from . import servers
 from .progress import progress
@@ -45,12 +45,12 @@ COLUMNS = ("workload", "cache off img/s", "cache on img/s", "on/off by round", "
 
 def run(images: dict[str, Path], workdir: Path, *, seconds: float = 3.0, rounds: int = 3) -> dict:
     small = next(path for label, path in images.items() if "small" in label).read_bytes()
-    duplicates = [loadgen.multipart_body(photo, f"{n}.jpg", boundary=BOUNDARY)
+    duplicates = [loadclient.multipart_body(photo, f"{n}.jpg", boundary=BOUNDARY)
                   for n, photo in enumerate(distinct_photos(20))]
     per_slice = math.ceil(CEILING * seconds / SLICES)
     needed = 2 * SLICES * per_slice * (rounds + 1)
     progress(f"cache: making {needed} unique photos")
-    unique = [body for _, body in (loadgen.multipart_body(photo, "u.jpg", boundary=BOUNDARY)
+    unique = [body for _, body in (loadclient.multipart_body(photo, "u.jpg", boundary=BOUNDARY)
                                    for photo in changed_pixels(small, needed))]
     daemon = servers.start_inferd(servers.REPO / "models" / MODEL, workdir / "cache")
     try:
@@ -154,19 +154,19 @@ def _rounds(daemon, config: Path, duplicates: list, unique: list[list], seconds:
 def _slice(daemon, bodies: list, content_type: str, seconds: float, count: int | None) -> tuple:
     """(the load generator's tally, the daemon's CPU seconds meanwhile)."""
     cpu = _cpu_seconds(daemon.proc.pid)
-    tally = loadgen.run_load(daemon.url, bodies, content_type, connections=CONNECTIONS, duration=seconds, count=count)
+    tally = loadclient.run_load(daemon.url, bodies, content_type, connections=CONNECTIONS, duration=seconds, count=count)
     return tally, _cpu_seconds(daemon.proc.pid) - cpu
 
 
 def _summary(slices: list[tuple]) -> dict:
     """One summary of several slices: their answers and seconds added up."""
-    merged = loadgen.Tally()
+    merged = loadclient.Tally()
     for tally, _ in slices:
         merged.latencies += tally.latencies
         merged.statuses.update(tally.statuses)
         merged.errors.update(tally.errors)
         merged.elapsed += tally.elapsed
-    summary = loadgen.summarise(merged)
+    summary = loadclient.summarise(merged)
     summary["cpu_ms"] = round(1000 * sum(cpu for _, cpu in slices) / max(1, summary["ok"]), 3)
     return summary
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import proctree, servers
-from .loadgen import loadgen
+from inferd.tools import loadclient
 
 PEER_VENVS = servers.REPO / ".venv-peers"
 POLL_SECONDS = 0.02  # how often start-up polls the health endpoint, i.e. its resolution
@@ -47,7 +47,7 @@ class Contender:
     def body(self, data: bytes, filename: str) -> tuple[str, bytes]:
         """(Content-Type, body) of one request carrying the encoded image `data`."""
         if self.request == "multipart":
-            return loadgen.multipart_body(data, filename)
+            return loadclient.multipart_body(data, filename)
         if self.request == "msgpack":  # a one-entry map {"image": bin32}, written out by hand
             return "application/msgpack", b"\x81\xa5image\xc6" + struct.pack(">I", len(data)) + data
         instance = {"image": {"b64": base64.b64encode(data).decode("ascii")}}

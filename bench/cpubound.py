@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from .loadgen import inprocess
+from inferd.tools import bench as inprocess
 
 BATCH_SIZES = (1, 8)
 

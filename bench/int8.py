@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import servers, throughput
-from .loadgen import inprocess
+from inferd.tools import bench as inprocess
 from .progress import progress
 
 SPEEDUP_TO_SHIP = 1.3

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .loadgen import loadgen
+from inferd.tools import loadclient
 
 from . import servers
 from .progress import progress
@@ -26,7 +26,7 @@ CONNECTIONS = 4  # so batches of several sizes run, as in real use
 def run(images: dict[str, Path], workdir: Path, *, requests: int = 10_000, reloads: int = 50) -> dict:
     """{"requests": {...}, "reloads": {...}, "checks": [...]}; raises RuntimeError if inferd fails to start."""
     image = next(path for label, path in images.items() if "small" in label)
-    content_type, body = loadgen.multipart_body(image.read_bytes(), image.name)
+    content_type, body = loadclient.multipart_body(image.read_bytes(), image.name)
     tiny = workdir / "tiny-model"
     subprocess.run([sys.executable, str(servers.REPO / "models" / "build.py"), "tiny", "--out", str(tiny)],
                    check=True, stdout=subprocess.DEVNULL)
@@ -53,14 +53,14 @@ def run(images: dict[str, Path], workdir: Path, *, requests: int = 10_000, reloa
 
 
 def _request_growth(daemon, body: bytes, content_type: str, total: int) -> dict:
-    first = loadgen.run_load(daemon.url, body, content_type, connections=CONNECTIONS, count=100)
+    first = loadclient.run_load(daemon.url, body, content_type, connections=CONNECTIONS, count=100)
     after_100 = daemon.rss_kib()
     progress(f"memory: RSS after 100 requests {after_100 / 1024:.1f} MB; sending {total - 100} more")
     failed = _failed(first)
     done = 100
     while done < total:  # in slices, so progress shows
         step = min(2000, total - done)
-        failed += _failed(loadgen.run_load(daemon.url, body, content_type, connections=CONNECTIONS, count=step))
+        failed += _failed(loadclient.run_load(daemon.url, body, content_type, connections=CONNECTIONS, count=step))
         done += step
         progress(f"memory: {done} requests, RSS {daemon.rss_kib() / 1024:.1f} MB")
     after_all = daemon.rss_kib()
@@ -86,13 +86,13 @@ def touch_manifest(model_dir: Path, number: int) -> None:
 def _reload_growth(daemon, body: bytes, content_type: str, reloads: int, model_dir: Path,
                    path: str = "/admin/reload") -> dict:
     """Each reload loads, warms and swaps a new model, then retires the old one; requests in between."""
-    loadgen.run_load(daemon.url, body, content_type, connections=CONNECTIONS, count=20)
+    loadclient.run_load(daemon.url, body, content_type, connections=CONNECTIONS, count=20)
     before = daemon.rss_kib()
     failed, after_first = 0, None
     for number in range(1, reloads + 1):
         touch_manifest(model_dir, number)
         failed += _reload(daemon.url, path) != 200
-        failed += _failed(loadgen.run_load(daemon.url, body, content_type, connections=CONNECTIONS, count=8))
+        failed += _failed(loadclient.run_load(daemon.url, body, content_type, connections=CONNECTIONS, count=8))
         after_first = after_first or daemon.rss_kib()
         if number % 10 == 0:
             progress(f"memory: {number} reloads, RSS {daemon.rss_kib() / 1024:.1f} MB")
@@ -116,6 +116,6 @@ def _reload(url: str, path: str = "/admin/reload") -> int:
         connection.close()
 
 
-def _failed(tally: loadgen.Tally) -> int:
-    summary = loadgen.summarise(tally)
+def _failed(tally: loadclient.Tally) -> int:
+    summary = loadclient.summarise(tally)
     return summary["requests"] - summary["ok"]

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import contenders, images, proctree, servers
-from .loadgen import loadgen
+from inferd.tools import loadclient
 
 MODEL_DIR = servers.REPO / "models" / "efficientnet-lite0"
 
@@ -34,7 +34,7 @@ def server_steps(contender: contenders.Contender, pictures: dict[str, Path]) -> 
             content_type, body = contender.body(path.read_bytes(), path.name)
             for connections in (1, 16):
                 with proctree.PeakMemory(server.proc.pid, 0.05) as peak:
-                    loadgen.run_load(server.url, body, content_type, connections=connections, duration=3,
+                    loadclient.run_load(server.url, body, content_type, connections=connections, duration=3,
                                      path=contender.infer)
                 steps.append(f"{label} c={connections}: peak {peak.rss / 1024:.0f}, after {_mb(server.proc.pid)}")
         return steps

@@ -15,7 +15,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .loadgen import loadgen
+from inferd.tools import loadclient
 
 from . import memory, servers
 from .progress import progress
@@ -26,7 +26,7 @@ RELOAD_GROWTH_MB = 30.0
 
 def run(images: dict[str, Path], workdir: Path, *, seconds: float = 3.0, rounds: int = 3, reloads: int = 50) -> dict:
     image = next(path for label, path in images.items() if "small" in label)
-    content_type, body = loadgen.multipart_body(image.read_bytes(), image.name)
+    content_type, body = loadclient.multipart_body(image.read_bytes(), image.name)
     repository = _repository(workdir / "repository")
     daemon = servers.start_inferd(repository / "a", workdir / "models-daemon",
                                   f"[models]\nrepository = {repository}\ndefault = a\n")
@@ -60,9 +60,9 @@ def _repository(root: Path) -> Path:
 
 def _share(url: str, body: bytes, content_type: str, seconds: float, rounds: int) -> dict:
     alone, together = [], []
-    loadgen.run_load(url, body, content_type, connections=4, duration=1.0, path="/infer?model=a")  # warm-up
+    loadclient.run_load(url, body, content_type, connections=4, duration=1.0, path="/infer?model=a")  # warm-up
     for number in range(rounds):
-        alone.append(loadgen.summarise(loadgen.run_load(url, body, content_type, connections=4, duration=seconds,
+        alone.append(loadclient.summarise(loadclient.run_load(url, body, content_type, connections=4, duration=seconds,
                                                         path="/infer?model=a"))["throughput"])
         together.append(_both(url, body, content_type, seconds))
         progress(f"models: round {number + 1}: one model {alone[-1]:.1f} images/s, two at once {together[-1]:.1f}")
@@ -75,7 +75,7 @@ def _both(url: str, body: bytes, content_type: str, seconds: float) -> float:
     results = {}
 
     def load(model: str) -> None:
-        results[model] = loadgen.summarise(loadgen.run_load(url, body, content_type, connections=2,
+        results[model] = loadclient.summarise(loadclient.run_load(url, body, content_type, connections=2,
                                                             duration=seconds, path=f"/infer?model={model}"))
     threads = [threading.Thread(target=load, args=(model,)) for model in ("a", "b")]
     for thread in threads:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import contenders, install_size, proctree, report
-from .loadgen import loadgen
+from inferd.tools import loadclient
 from .progress import progress
 
 CONCURRENCY = (1, 4, 16)
@@ -85,9 +85,9 @@ def _measure_round(contender, record: Record, images, model_dir, probe: Path, se
             for label, path in images.items():
                 content_type, body = contender.body(path.read_bytes(), path.name)
                 top = max(settings.concurrency)
-                loadgen.run_load(server.url, body, content_type, connections=top, count=top, path=contender.infer)
+                loadclient.run_load(server.url, body, content_type, connections=top, count=top, path=contender.infer)
                 for concurrency in settings.concurrency:
-                    result = loadgen.summarise(loadgen.run_load(server.url, body, content_type, path=contender.infer,
+                    result = loadclient.summarise(loadclient.run_load(server.url, body, content_type, path=contender.infer,
                                                                 connections=concurrency, duration=settings.seconds))
                     record.load.setdefault((label, concurrency), []).append(result)
                     progress(f"peers, round {number + 1}, {label}, c={concurrency:<2} {contender.name:8}: "

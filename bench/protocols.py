@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from .loadgen import loadgen
+from inferd.tools import loadclient
 
 from . import servers
 from .progress import progress
@@ -43,12 +43,12 @@ def run(images: dict[str, Path], workdir: Path, *, seconds: float = 3.0, rounds:
 
 
 def _throughput(url: str, data: bytes, seconds: float, rounds: int) -> dict:
-    multipart = loadgen.multipart_body(data, "small.jpg")
-    v2_type, v2, v2_headers = loadgen.v2_body(data, "input", "logits")  # the top 5, as /infer answers
+    multipart = loadclient.multipart_body(data, "small.jpg")
+    v2_type, v2, v2_headers = loadclient.v2_body(data, "input", "logits")  # the top 5, as /infer answers
     cells = {"infer": [], "v2": [], "tritonclient": []}
     for number in range(rounds + 1):  # the first round warms up and is not counted
-        infer = loadgen.summarise(loadgen.run_load(url, multipart[1], multipart[0], connections=4, duration=seconds))
-        v2_run = loadgen.summarise(loadgen.run_load(url, v2, v2_type, connections=4, duration=seconds,
+        infer = loadclient.summarise(loadclient.run_load(url, multipart[1], multipart[0], connections=4, duration=seconds))
+        v2_run = loadclient.summarise(loadclient.run_load(url, v2, v2_type, connections=4, duration=seconds,
                                                     path=f"/v2/models/{MODEL}/infer", headers=v2_headers))
         triton = _tritonclient(url, data, seconds)
         if number:
@@ -94,10 +94,8 @@ def _parsing(data: bytes, count: int = 32, repeats: int = 50) -> dict:
     """Seconds to turn one 32-image body into its images, best of `repeats`, for each protocol."""
     import struct
 
-    from inferd.routes import oip, uploads
-
-    class Limits:
-        max_body_bytes, max_parts, max_part_header_bytes, max_files_per_batch = 1 << 30, 64, 8192, 64
+    from inferd.http import multipart as form_parser
+    from inferd.routes import oip
 
     parts = b"".join(struct.pack("<I", len(data)) + data for _ in range(count))
     header = (b'{"inputs":[{"name":"input","shape":[%d],"datatype":"BYTES","parameters":{"binary_data_size":%d}}]}'
@@ -116,7 +114,9 @@ def _parsing(data: bytes, count: int = 32, repeats: int = 50) -> dict:
         return len(parsed.input.values)
 
     def multipart() -> int:
-        return len(uploads.uploads(content_type, form, Limits, ("files",)))
+        parts = form_parser.iter_parts([form], form_parser.parse_boundary(content_type), max_body_bytes=1 << 30,
+                                       max_parts=64, max_header_bytes=8192, max_part_bytes=1 << 30)
+        return sum(1 for part in parts if part.name == "files")
 
     timings = {}
     for name, parse in (("v2", v2), ("multipart", multipart)):

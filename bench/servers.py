@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from inferd.tools.notify import NotifyReceiver
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -58,32 +59,6 @@ def read_rss_kib(pid: int) -> int:
     raise OSError(f"no VmRSS for pid {pid}")
 
 
-class NotifySocket:
-    """A datagram socket standing in for systemd's $NOTIFY_SOCKET."""
-
-    def __init__(self, directory: Path):
-        self.path = str(directory / "notify.sock")
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-
-    def wait_for(self, field: str, timeout: float, alive=lambda: True) -> dict[str, str]:
-        """The next message that has `field` (e.g. "READY=1"); TimeoutError after `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        while (remaining := deadline - time.monotonic()) > 0 and alive():
-            self.sock.settimeout(min(remaining, 0.5))
-            try:
-                raw = self.sock.recv(65536).decode()
-            except socket.timeout:
-                continue
-            if field in raw.splitlines():
-                return dict(line.split("=", 1) for line in raw.splitlines() if "=" in line)
-        raise TimeoutError(f"no {field} within {timeout}s")
-
-    def close(self) -> None:
-        self.sock.close()
-        os.unlink(self.path)
-
-
 def start_inferd(model_dir: Path, workdir: Path, config: str = "", timeout: float = 120.0,
                  env: dict[str, str] | None = None, cgroup: Path | None = None) -> Server:
     """Run `python -m inferd` on 127.0.0.1, port 0, with `model_dir`, extra INI `config` text and extra
@@ -96,7 +71,7 @@ def start_inferd(model_dir: Path, workdir: Path, config: str = "", timeout: floa
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "inferd.conf"
     config_path.write_text(f"[model]\npath = {Path(model_dir).resolve()}\n[logging]\naccess_log = false\n{config}")
-    notify = NotifySocket(workdir)
+    notify = NotifyReceiver(workdir)
     log_path = workdir / "inferd.log"
     env = {**os.environ, **(env or {}), "NOTIFY_SOCKET": notify.path, "INFERD_SERVER_PORT": "0",
            "INFERD_SERVER_HOST": "127.0.0.1"}
@@ -106,7 +81,7 @@ def start_inferd(model_dir: Path, workdir: Path, config: str = "", timeout: floa
         proc = subprocess.Popen([sys.executable, "-m", "inferd", "--config", str(config_path)],
                                 env=env, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, preexec_fn=join)
     try:
-        ready = notify.wait_for("READY=1", timeout, alive=lambda: proc.poll() is None)
+        ready = notify.wait_for("READY", "1", timeout, alive=lambda: proc.poll() is None)
     except TimeoutError:
         proc.kill()
         proc.wait()

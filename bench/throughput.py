@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import cpubound, report, servers
-from .loadgen import inprocess, loadgen
+from inferd.tools import bench as inprocess
+from inferd.tools import loadclient
 from .progress import progress
 
 CONCURRENCY = (1, 4, 16)
@@ -123,7 +124,7 @@ def _measure_group(model: str, model_dir: Path, label: str, path: Path, running,
     classify = inprocess.limit_runner(model_dir, data, threads=settings.intra_op_threads,
                                     warmup_batch=max(inprocess.LIMIT_BATCH_SIZES))
     one_thread = cpubound.runner(model_dir, data)
-    content_type, body = loadgen.multipart_body(data, path.name)
+    content_type, body = loadclient.multipart_body(data, path.name)
     limit_rounds, rounds, bounds = [], {}, []
     for number in range(settings.rounds):
         limit_rounds.append({size: inprocess.images_per_second(classify, size, settings.limit_seconds, None)
@@ -136,9 +137,9 @@ def _measure_group(model: str, model_dir: Path, label: str, path: Path, running,
         for concurrency in settings.concurrency:
             for server in running:
                 if number == 0:
-                    loadgen.run_load(server.url, body, content_type, connections=concurrency,
+                    loadclient.run_load(server.url, body, content_type, connections=concurrency,
                                      count=max(2, concurrency))
-                result = loadgen.summarise(loadgen.run_load(server.url, body, content_type,
+                result = loadclient.summarise(loadclient.run_load(server.url, body, content_type,
                                                             connections=concurrency, duration=settings.seconds))
                 rounds.setdefault((server.name, concurrency), []).append(result)
                 progress(f"{model}, {label}, round {number + 1}, c={concurrency:<2} {server.name:9}: "

@@ -16,16 +16,16 @@ import statistics
 from pathlib import Path
 
 from . import images, servers
-from .loadgen import loadgen
+from inferd.tools import loadclient
 
 CONCURRENCY = (1, 4, 16)
 
 
-def start(tree: Path | None, model: Path, workdir: Path, config: str = "", cgroup: Path | None = None
-          ) -> servers.Server:
+def start(tree: Path | None, model: Path, workdir: Path, config: str = "", cgroup: Path | None = None,
+          env: dict[str, str] | None = None) -> servers.Server:
     """inferd from `tree` (its package first on PYTHONPATH), or from this checkout when None."""
-    return servers.start_inferd(model, workdir, config, env={"PYTHONPATH": str(tree)} if tree else None,
-                                cgroup=cgroup)
+    return servers.start_inferd(model, workdir, config, env={**({"PYTHONPATH": str(tree)} if tree else {}),
+                                                             **(env or {})}, cgroup=cgroup)
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -36,9 +36,9 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def measure(url: str, body: bytes, content_type: str, connections: int, seconds: float) -> dict:
-    """loadgen.summarise of `seconds` of load (throughput, p50_ms, p99_ms...), after a warm-up."""
-    loadgen.run_load(url, body, content_type, connections=connections, duration=0.5)  # warm the connections
-    return loadgen.summarise(loadgen.run_load(url, body, content_type, connections=connections, duration=seconds))
+    """loadclient.summarise of `seconds` of load (throughput, p50_ms, p99_ms...), after a warm-up."""
+    loadclient.run_load(url, body, content_type, connections=connections, duration=0.5)  # warm the connections
+    return loadclient.summarise(loadclient.run_load(url, body, content_type, connections=connections, duration=seconds))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=2.5, help="of load per tree, round and concurrency")
     parser.add_argument("--before-config", default="", help="INI text added to the first daemon's config")
     parser.add_argument("--after-config", default="", help="INI text added to this checkout's daemon's config")
+    parser.add_argument("--after-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable of this checkout's daemon (repeatable)")
     parser.add_argument("--cpu-quota", type=float, default=0.0,
                         help="run each daemon in a cgroup (v1 cpu, as root) allowed this many CPUs; 0: none")
     args = parser.parse_args(argv)
@@ -57,10 +59,11 @@ def main(argv: list[str] | None = None) -> int:
               for name in ("before", "after")}
     daemons = {"before": start(args.before.resolve(), args.model, work / "before", args.before_config,
                                groups["before"]),
-               "after": start(None, args.model, work / "after", args.after_config, groups["after"])}
+               "after": start(None, args.model, work / "after", args.after_config, groups["after"],
+                              dict(item.split("=", 1) for item in args.after_env))}
     try:
         for label, path in images.write_images(servers.REPO / "bench-results" / "images").items():
-            content_type, body = loadgen.multipart_body(path.read_bytes(), path.name)
+            content_type, body = loadclient.multipart_body(path.read_bytes(), path.name)
             for connections in CONCURRENCY:
                 seen = {name: [] for name in daemons}
                 for _ in range(args.rounds):

@@ -93,7 +93,7 @@ def check(settings: config.Config) -> int:
 
 def run(load) -> int:
     from .daemon import Daemon  # imports onnxruntime: after the environment is settled
-    from .model import ModelError
+    from .manifest import ModelError
 
     try:
         return Daemon(load).run()

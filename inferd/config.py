@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import configparser
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -130,10 +130,11 @@ def version_policy(text: str) -> VersionPolicy:
     raise ValueError('must be "latest N", "all" or "specific V [V ...]"')
 
 
-def setting(default, parse: Callable[[str], object], *, restart: bool = False):
-    """A config key: its default, the function that turns its text into a value (or raises), and
-    whether a change needs a restart (a reload keeps the old value in force)."""
-    return field(default=default, metadata={"parse": parse, "restart": restart})
+def setting(default, parse: Callable[[str], object], *, restart: bool = False, path: bool = False):
+    """A config key: its default, the function that turns its text into a value (or raises),
+    whether a change needs a restart (a reload keeps the old value in force), and whether it names
+    a file (relative to the config file when given there, to the working directory otherwise)."""
+    return field(default=default, metadata={"parse": parse, "restart": restart, "path": path})
 
 
 @dataclass(frozen=True)
@@ -149,22 +150,22 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    path: str = setting("models/efficientnet-lite0", _text)
-    onnx_file: str = setting("", _text)
-    labels_file: str = setting("", _text)
+    path: str = setting("models/efficientnet-lite0", _text, path=True)
+    onnx_file: str = setting("", _text, path=True)
+    labels_file: str = setting("", _text, path=True)
     top_k: int = setting(5, _positive_int)
     intra_op_threads: int = setting(0, _non_negative_int)
     inter_op_threads: int = setting(1, _positive_int)
     providers: tuple = setting(("CPUExecutionProvider",), _providers)
     provider_fallback: bool = setting(False, _boolean)
-    optimized_cache: str = setting("", _text)
+    optimized_cache: str = setting("", _text, path=True)
 
 
 @dataclass(frozen=True)
 class ModelsConfig:
     # A directory holding one directory per model (optionally with numbered versions); empty:
     # serve the one model of [model] path.
-    repository: str = setting("", _text)
+    repository: str = setting("", _text, path=True)
     default: str = setting("", _text)
     version_policy: VersionPolicy = setting(VersionPolicy("latest", (1,)), version_policy)
     # Seconds each step of a start or reload that reads the disk may take: the scan of the
@@ -228,7 +229,7 @@ class CacheConfig:
 @dataclass(frozen=True)
 class AuthConfig:
     # A keys file (inferd/keys.py, `inferd-keys`); empty: inference routes take no key.
-    keys_file: str = setting("", _text)
+    keys_file: str = setting("", _text, path=True)
     # Defaults of every key (a key's line in the keys file may override them); 0: no limit.
     rate: float = setting(0.0, _non_negative_float)
     burst: int = setting(10, _positive_int)
@@ -296,13 +297,16 @@ PARSERS: dict[tuple[str, str], Callable[[str], object]] = {
     (section, f.name): f.metadata["parse"] for section, cls in SECTIONS.items() for f in fields(cls)
 }
 
-# The keys a reload cannot change: the listening socket and the thread and connection caps.
-RESTART_ONLY: tuple[tuple[str, str], ...] = tuple(
-    (section, f.name) for section, cls in SECTIONS.items() for f in fields(cls) if f.metadata["restart"]
-)
 
-PATH_KEYS = {("model", "path"), ("model", "onnx_file"), ("model", "labels_file"), ("model", "optimized_cache"),
-             ("models", "repository"), ("auth", "keys_file")}
+
+def _keys_marked(flag: str) -> tuple[tuple[str, str], ...]:
+    return tuple((section, f.name) for section, cls in SECTIONS.items() for f in fields(cls) if f.metadata[flag])
+
+
+# The keys a reload cannot change: the listening socket and the thread and connection caps.
+RESTART_ONLY = _keys_marked("restart")
+# The keys that name files.
+PATH_KEYS = frozenset(_keys_marked("path"))
 
 # The reference design's variables, kept so its deployments move over unchanged.
 LEGACY_ENV = {
@@ -405,6 +409,15 @@ def load(path: str | os.PathLike, env: Mapping[str, str] | None = None,
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{source}: cannot read config: {exc}"]) from None
     return parse(text, source, env, overrides)
+
+
+def keep_restart_only(running: Config, new: Config) -> Config:
+    """`new` with the restart-only values of `running`: what a reload may put in force."""
+    sections = {}
+    for section, key in RESTART_ONLY:
+        kept = getattr(getattr(running, section), key)
+        sections.setdefault(section, {})[key] = kept
+    return replace(new, **{section: replace(getattr(new, section), **values) for section, values in sections.items()})
 
 
 def restart_only_changes(old: Config, new: Config) -> list[str]:

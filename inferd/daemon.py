@@ -17,20 +17,21 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import cpus, loading
+from . import cpus, libc, loading
 from .bounded import Bounds, Interrupted, TookTooLong
 from .config import Config, ConfigError, restart_only_changes
 from .control import Control, Reloaded, ReloadRequest
 from .batcher import RunGate
 from .http.router import Router
 from .keys import configured_keys, no_keys_warnings
-from .imaging import codec_log
+from .imaging import codec_log, preprocess
 from .http.server import HttpServer
 from .metrics import InferdMetrics, LoadedVersion
-from .model import ModelError
+from .manifest import ModelError
 from .repository import Repository
 from .routes import GUARDS, ROUTES, RouteContext
 from .service import Service
+from .site import Site
 from .systemd import listen_sockets, monotonic_usec, notify, watchdog_interval
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 LOAD_TIMEOUT_USEC = 120_000_000  # asked of systemd while a model loads, so slow disks do not fail start
 RELOAD_STATUS_FILE = "reload-status.json"
+TRIM_INTERVAL = 10.0
 
 
 class Daemon:
@@ -49,6 +51,7 @@ class Daemon:
         self.repository = Repository()
         self.gate: RunGate | None = None  # batches in a model at once, across models
         self.service: Service | None = None
+        self.site: Site | None = None  # what requests see now; replaced whole by each reload
         self.server: HttpServer | None = None
         self._reload_generation = 0
         self._stopped = threading.Event()
@@ -56,6 +59,7 @@ class Daemon:
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; returns the exit code. Raises ConfigError or ModelError at start."""
         codec_log.install()
+        libc.limit_arenas(cpus.available())
         self._start(self.load_config())
         self._main_loop()
         return self.stop()
@@ -70,6 +74,7 @@ class Daemon:
         threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
                          name="http-accept", daemon=True).start()
         self._start_watchdog()
+        threading.Thread(target=self._trim_loop, name="memory-trim", daemon=True).start()
         self._write_reload_status(Reloaded(True, f"serving {default}"))
         host, port = self.server.server_address[:2]
         log.info("serving %s on http://%s:%s", default, host, port)
@@ -78,22 +83,24 @@ class Daemon:
     def open(self, config: Config, sockets=()) -> None:
         """Load and warm the models and open the HTTP server on `config`'s address (or the first
         of systemd's sockets); nothing is served until serve_forever runs."""
+        preprocess.take_over_pixel_limit()
         keys = configured_keys(config)
         for warning in no_keys_warnings(config, keys):
             log.warning("%s", warning)
+        self.site = Site.of(config, keys)
         self.gate = RunGate(config.batching.inference_workers)
         outcome = loading.load(config, self.metrics, gate=self.gate)
         _require_default(outcome)
         for name, reason in sorted(outcome.failures.items()):
             log.error("model %s cannot be served: %s", name, reason)
         self.repository.install(outcome.models, outcome.default, outcome.failures)
-        self.service = Service(self.repository, config, keys, self.metrics)
+        self.service = Service(self.repository, config, self.site.keys, self.metrics)
         self._publish(config)
         if sockets:
             log.info("using %d socket(s) passed by systemd", len(sockets))
         context = RouteContext(self.service, self.metrics, self.control)
         self.server = HttpServer((config.server.host, config.server.port), router=self.router, context=context,
-                                 metrics=self.metrics, control=self.control, config=config,
+                                 metrics=self.metrics, control=self.control, site=self.site,
                                  listen_socket=sockets[0] if sockets else None)
 
     def _install_signal_handlers(self) -> None:
@@ -132,7 +139,7 @@ class Daemon:
     def _swap(self, only: str | None) -> Reloaded:
         current = self.repository.default
         try:
-            config, keys, outcome = self._prepare(only)
+            site, outcome = self._prepare(only)
         except Interrupted as exc:
             log.warning("reload stopped, %s keeps serving: %s", current, exc)
             return Reloaded(False, str(exc))
@@ -149,9 +156,10 @@ class Daemon:
         failures = outcome.failures if only is None else {
             **{n: r for n, r in self.repository.failures.items() if n != only}, **outcome.failures}
         self.repository.install(outcome.models, outcome.default, failures)
-        self.service.configure(config, keys)
-        self.server.configure(config)
-        self._publish(config)
+        self.site = site
+        self.service.configure(site.config, site.keys)
+        self.server.configure(site)
+        self._publish(site.config)
         for name in sorted({m.name for m in outcome.models} | set(outcome.failures)):
             if only is None or name == only:
                 self.metrics.observe_model_reload(name, name not in outcome.failures)
@@ -159,30 +167,32 @@ class Daemon:
             log.error("reload failed for model %s, the versions it had keep serving: %s", name, reason)
         new = self.repository.find()
         log.info("reloaded: now serving %s (sha256 %s); %s", new.name, new.model.sha256[:12], outcome.summary())
-        warnings = tuple(no_keys_warnings(config, keys)) if only is None else ()
+        warnings = tuple(no_keys_warnings(site.config, site.keys)) if only is None else ()
         for warning in warnings:
             log.warning("%s", warning)
         return Reloaded(not outcome.failures, outcome.summary(), warnings)
 
-    def _prepare(self, only: str | None) -> tuple[Config, list | None, loading.Outcome]:
-        """What a reload would install: the configuration, the keys and the loaded models. Each step
-        that reads the disk is bounded by [models] reload_timeout and stops waiting at SIGTERM
-        (bounded.py); nothing is installed here. Raises ConfigError, ModelError, TookTooLong, Interrupted."""
-        running = self.service.config
+    def _prepare(self, only: str | None) -> tuple[Site, loading.Outcome]:
+        """What a reload would install: the new site (the configuration with the running restart-only
+        values, and the keys) and the loaded models. Each step that reads the disk is bounded by
+        [models] reload_timeout and stops waiting at SIGTERM (bounded.py); nothing is installed here.
+        Raises ConfigError, ModelError, TookTooLong, Interrupted."""
+        running = self.site
         give_up = lambda: self.control.stop_requested  # noqa: E731
         if only is None:
-            bounds = Bounds(running.models.reload_timeout, give_up)
+            bounds = Bounds(running.config.models.reload_timeout, give_up)
             config = bounds.run(self.load_config, name="reload-config")
             # Before any model, so that a bad keys file changes nothing; one model's reload keeps them.
             keys = bounds.run(lambda: configured_keys(config), name="reload-keys")
+            for key in restart_only_changes(running.config, config):
+                log.warning("%s changes take effect at the next restart, not on reload", key)
+            site = Site.of(config, keys, running)
         else:
-            config, keys = running, self.service.keys
-        for key in restart_only_changes(running, config):
-            log.warning("%s changes take effect at the next restart, not on reload", key)
-        outcome = loading.load(config, self.metrics, self.repository.loaded(), only, self.gate,
-                               Bounds(config.models.reload_timeout, give_up))
+            site = running
+        outcome = loading.load(site.config, self.metrics, self.repository.loaded(), only, self.gate,
+                               Bounds(site.config.models.reload_timeout, give_up))
         _require_default(outcome)
-        return config, keys, outcome
+        return site, outcome
 
     def stop(self) -> int:
         """Stop accepting, let requests in flight finish (bounded by drain_timeout), stop inference."""
@@ -192,7 +202,7 @@ class Daemon:
         self._stopped.set()
         server.shutdown()
         server.server_close()
-        drain_timeout = self.service.config.server.drain_timeout
+        drain_timeout = self.site.config.server.drain_timeout
         deadline = time.monotonic() + drain_timeout  # the whole stop, retiring the models too
         if not server.wait_idle(drain_timeout):
             log.warning("drain timeout (%.1fs): answering no more requests still in flight", drain_timeout)
@@ -212,6 +222,12 @@ class Daemon:
         self.service.cores = cpus.cores()
         self.metrics.set_models(versions, self.repository.default, self.service.cores.effective)
         logging.getLogger("inferd").setLevel(config.logging.level.upper())
+
+    def _trim_loop(self) -> None:
+        """Give the heaps' free pages back to the system every TRIM_INTERVAL seconds: glibc keeps
+        them mapped, and the holes requests leave between long-lived blocks add up (issue 21)."""
+        while not self._stopped.wait(TRIM_INTERVAL):
+            libc.trim()
 
     def _start_watchdog(self) -> None:
         interval = watchdog_interval()

@@ -23,7 +23,7 @@ from . import cpus, files, model as model_module, names
 from .batcher import Batcher, RunGate
 from .bounded import Bounds, TookTooLong
 from .config import Config, VersionPolicy, version_policy
-from .model import ModelError
+from .manifest import ModelError, read_manifest
 from .repository import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ def scan(config: Config, only: str | None = None) -> tuple[list[Source], dict[st
     if repository is None:
         manifest = config.model_dir() / "model.ini"
         try:
-            name = model_module.read_manifest(manifest).name
+            name = read_manifest(manifest).name
         except ModelError as exc:
             return [], {"model": str(exc)}
         return [Source(name, "1", manifest, config.labels_path(), config.model_file())], {}

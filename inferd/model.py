@@ -1,4 +1,5 @@
-"""The model directory: manifest (model.ini), labels, an onnxruntime session, warm-up and top-k.
+"""The model directory: its labels, an onnxruntime session, warm-up and top-k (manifest.py reads
+its model.ini).
 
 A model fails at load time, never on its first request: `load()` checks providers, the input and
 output shapes against the manifest and the labels, and runs one warm-up batch.
@@ -6,7 +7,6 @@ output shapes against the manifest and the labels, and runs one warm-up batch.
 
 from __future__ import annotations
 
-import configparser
 import functools
 import hashlib
 import json
@@ -18,18 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from . import cpus, files, libc, optimized, providers as providers_module
-from .imaging.preprocess import FILTERS, InputSpec
-
-class ModelError(RuntimeError):
-    """The model directory cannot be served; the message says which file and why."""
-
-
-@dataclass(frozen=True)
-class Manifest:
-    name: str
-    input: InputSpec
-    softmax: bool
-
+from .manifest import Manifest, ModelError, os_reason, read_manifest
 
 @dataclass(frozen=True)
 class Prediction:
@@ -41,68 +30,11 @@ class Prediction:
         return {"label": self.label, "index": self.index, "confidence": self.confidence}
 
 
-def read_manifest(path: Path) -> Manifest:
-    """Parse model.ini; raises ModelError naming the file, section and key."""
-    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"))
-    try:
-        parser.read_string(files.read_text(path), source=str(path))
-    except FileNotFoundError:
-        raise ModelError(f"{path}: missing (a model directory needs model.ini)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{path}: cannot read the manifest: {_os_reason(exc)}") from None
-    except configparser.Error as exc:
-        raise ModelError(f"{path}: {exc}") from None
-    try:
-        return Manifest(
-            name=parser.get("model", "name"),
-            input=_input_spec(parser, path),
-            softmax=parser.getboolean("output", "softmax", fallback=True),
-        )
-    except (configparser.Error, ValueError) as exc:
-        raise ModelError(f"{path}: {exc}") from None
-
-
-def _input_spec(parser: configparser.ConfigParser, path: Path) -> InputSpec:
-    if not parser.has_section("input"):
-        raise ValueError("no [input] section")
-    section = parser["input"]
-    spec = InputSpec(
-        size=section.getint("size"),
-        resize=section.getint("resize", fallback=section.getint("size")),
-        interpolation=section.get("interpolation", "bilinear").lower(),
-        mean=_triple(section.get("mean", "0 0 0"), "mean"),
-        std=_triple(section.get("std", "1 1 1"), "std"),
-        layout=section.get("layout", "NCHW").upper(),
-        value_range=section.getfloat("value_range", fallback=255.0),
-    )
-    problems = []
-    if spec.interpolation not in FILTERS:
-        problems.append(f"[input] interpolation {spec.interpolation!r}: choose from {', '.join(FILTERS)}")
-    if spec.layout not in ("NCHW", "NHWC"):
-        problems.append(f"[input] layout {spec.layout!r}: must be NCHW or NHWC")
-    if spec.size < 1 or spec.resize < spec.size:
-        problems.append(f"[input] size {spec.size} / resize {spec.resize}: need 1 <= size <= resize")
-    if spec.value_range not in (1.0, 255.0):
-        problems.append(f"[input] value_range {spec.value_range}: must be 1 or 255")
-    if any(s == 0 for s in spec.std):
-        problems.append("[input] std: must not be 0")
-    if problems:
-        raise ModelError(f"{path}: " + "; ".join(problems))
-    return spec
-
-
-def _triple(text: str, key: str) -> tuple[float, float, float]:
-    values = tuple(float(v) for v in text.replace(",", " ").split())
-    if len(values) != 3:
-        raise ValueError(f"[input] {key} needs three numbers (R G B), got {text!r}")
-    return values
-
-
 def read_labels(path: Path) -> tuple[str, ...]:
     try:
         lines = files.read_text(path).splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{path}: cannot read labels: {_os_reason(exc)}") from None
+        raise ModelError(f"{path}: cannot read labels: {os_reason(exc)}") from None
     labels = tuple(line.strip() for line in lines if line.strip())
     if not labels:
         raise ModelError(f"{path}: no labels")
@@ -208,12 +140,9 @@ def _read_model_bytes(path: Path) -> bytes:
     try:
         return files.read_bytes(path)
     except OSError as exc:
-        raise ModelError(f"{path}: cannot read model: {_os_reason(exc)}") from None
+        raise ModelError(f"{path}: cannot read model: {os_reason(exc)}") from None
 
 
-def _os_reason(exc: Exception) -> str:
-    """Why a file could not be read, without repeating its path."""
-    return getattr(exc, "strerror", None) or str(exc)
 
 
 def _session(data: bytes, path: Path, intra: int, inter: int, choice, cache: Path | None) -> ort.InferenceSession:

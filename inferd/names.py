@@ -14,6 +14,11 @@ def is_name(text: str) -> bool:
     return NAME.match(text) is not None
 
 
+def version_order(version: str) -> tuple:
+    """Sort key of version names: numbers by value (2 before 10), then any others by text."""
+    return (0, int(version), "") if version.isdigit() else (1, 0, version)
+
+
 def label(text: str) -> str:
     """`text` as a metric label value: itself when it is a name, INVALID otherwise, so that a name
     the daemon refuses never becomes a series of its own."""

@@ -12,12 +12,14 @@ MAX_RETIRING + 1 sessions per model).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
 
 from .batcher import Batcher
+from .names import version_order
 from .model import Model
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,21 @@ class UnknownModel(LookupError):
     """No loaded model answers to that name (and version)."""
 
     http_status = 404
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What a protocol needs to know of one loaded version: its names, its input and its outputs."""
+
+    name: str
+    version: str
+    input_name: str
+    input_shape: tuple[int, ...]  # one item's, in the manifest's layout
+    layout: str
+    output_name: str
+    labels: tuple[str, ...]
+    longest_label: int  # the longest label's length as JSON writes it (bounds answer sizes)
+
 
 
 @dataclass(eq=False)
@@ -46,6 +63,12 @@ class LoadedModel:
 
     def describe(self) -> dict:
         return {**self.model.describe(), "name": self.name, "version": self.version}
+
+    @functools.cached_property
+    def signature(self) -> Signature:
+        model = self.model
+        return Signature(self.name, self.version, model.input_name, model.input_shape(), model.manifest.input.layout,
+                         model.output_name, model.labels, model.longest_label)
 
     def retire(self, timeout: float | None = None) -> None:
         """Wait (up to `timeout`; None: for ever) for every lease to end, then let the batcher
@@ -91,17 +114,17 @@ class Repository:
         if not versions:
             raise UnknownModel(f"no model named {name!r}; loaded: {', '.join(sorted(self._models)) or 'none'}")
         if version is None:
-            return versions[max(versions, key=_version_key)]
+            return versions[max(versions, key=version_order)]
         if version not in versions:
             raise UnknownModel(f"model {name!r} has no version {version!r}; loaded: "
-                               f"{', '.join(sorted(versions, key=_version_key))}")
+                               f"{', '.join(sorted(versions, key=version_order))}")
         return versions[version]
 
     def loaded(self) -> list[LoadedModel]:
         """Every loaded version, by name then version."""
         with self._lock:
             return [self._models[n][v] for n in sorted(self._models)
-                    for v in sorted(self._models[n], key=_version_key)]
+                    for v in sorted(self._models[n], key=version_order)]
 
     def install(self, models: list[LoadedModel], default: str, failures: dict[str, str] | None = None
                 ) -> list[LoadedModel]:
@@ -149,7 +172,3 @@ class Repository:
     def running(self) -> bool:
         """True while any loaded version has a batch in its model or an inference thread alive."""
         return any(loaded.batcher.running() for loaded in self.loaded())
-
-
-def _version_key(version: str) -> tuple:
-    return (0, int(version), "") if version.isdigit() else (1, 0, version)

@@ -8,17 +8,15 @@ Follows onnxruntime's quantization guide (docs/performance/model-optimizations/q
   `reduce_range` where the CPU lacks VNNI: "On AVX2 and AVX512 machines, you will generally need to
   enable reduce-range as well if per-channel is enabled", "not needed on machines supporting VNNI"
   (the U8S8 kernels' VPMADDUBSW can saturate without VNNI);
-- MinMax calibration over 28 photos (models/photos.py), preprocessed by the model's manifest the
-  way the peers do it (bench/peers/classifier.py), so this needs scikit-image ('.[bench]').
+- MinMax calibration over 28 photos (models/photos.py), preprocessed by the model's manifest with
+  inferd's own preprocessing (what the daemon will feed the model), so this needs scikit-image.
 """
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def cpu_has_vnni(cpuinfo: str = "/proc/cpuinfo") -> bool:
@@ -33,7 +31,8 @@ def cpu_has_vnni(cpuinfo: str = "/proc/cpuinfo") -> bool:
 
 def recipe_suffix(reduce_range: bool) -> str:
     """What the int8 build adds to the float recipe (stored in the model, so a rebuild is noticed)."""
-    return f" int8 v1 qdq s8s8 per-channel minmax reduce_range={reduce_range} calib=skimage-{_calibration_count()}"
+    return (f" int8 v2 qdq s8s8 per-channel minmax reduce_range={reduce_range} "
+            f"calib=skimage-{_calibration_count()}-inferd-preprocessing")
 
 
 def _calibration_count() -> int:
@@ -44,10 +43,12 @@ def _calibration_count() -> int:
 def calibration_tensors(model_dir: Path):
     """The calibration photos as float32 input tensors, one (1, C, H, W) array each."""
     import photos
-    sys.path.insert(0, str(REPO))
-    from bench.peers import classifier
-    spec = classifier.read_manifest(model_dir / "model.ini")
-    return [classifier.preprocess(data, spec)[None] for data in photos.calibration_jpegs()]
+    from inferd.imaging.preprocess import to_tensor
+    from inferd.manifest import read_manifest
+
+    spec = read_manifest(model_dir / "model.ini").input
+    return [to_tensor(data, spec, max_pixels=1 << 30, formats=frozenset({"JPEG"}))[None]
+            for data in photos.calibration_jpegs()]
 
 
 def quantize(float_model: Path, out: Path, model_dir: Path, reduce_range: bool, **overrides) -> None:

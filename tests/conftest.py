@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import (DEFAULT_MODEL, REPO, DaemonProcess, InProcessServer, NotifySocket, model_build,
+from tests.support import (DEFAULT_MODEL, REPO, DaemonProcess, InProcessServer, NotifyReceiver, model_build,
                            start_in_process)
 
 
@@ -79,7 +79,7 @@ def start_daemon(tmp_path):
               preexec=None):
         config_path = tmp_path / "inferd.conf"
         config_path.write_text(config_text)
-        notify = NotifySocket(tmp_path, f"notify-{len(started)}.sock")  # one per daemon
+        notify = NotifyReceiver(tmp_path, f"notify-{len(started)}.sock")  # one per daemon
         log_path = tmp_path / f"daemon-{len(started)}.log"
         environment = {**os.environ, "NOTIFY_SOCKET": notify.path, "INFERD_SERVER_PORT": "0", **(env or {})}
         environment = {key: value for key, value in environment.items() if value is not None}
@@ -116,3 +116,20 @@ def serve():
     yield start
     for item in running:
         item.close()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """make test's closing line says plainly what did not run, and why (each reason names the
+    command that installs what it lacks); or that everything ran."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        terminalreporter.write_line("every collected test ran (none skipped)")
+        return
+    by_reason: dict[str, int] = {}
+    for report in skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        by_reason[reason] = by_reason.get(reason, 0) + 1
+    terminalreporter.write_line(f"{len(skipped)} tests did not run:", yellow=True)
+    for reason, count in sorted(by_reason.items(), key=lambda item: -item[1]):
+        terminalreporter.write_line(f"  {count} x {reason}", yellow=True)

@@ -42,6 +42,7 @@ import random
 import secrets
 import selectors
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -54,7 +55,7 @@ from pathlib import Path
 
 import requests
 
-from tests.support import DEFAULT_MODEL, EXPECTED_TOP1, REPO, DaemonProcess, NotifySocket, model_build
+from tests.support import DEFAULT_MODEL, EXPECTED_TOP1, REPO, DaemonProcess, NotifyReceiver, model_build
 
 # The keyed rows' keys: "soak" (no limit) for every other inference request, and their limits.
 KEYS = {"soak": {}, "paced": {"rate": 4, "burst": 4}, "greedy": {"rate": 2, "burst": 3}}
@@ -619,6 +620,19 @@ def _read_statuses(sock: socket.socket, count: int) -> list[int]:
     return statuses
 
 
+def second_half_growth(samples: list[tuple[float, int]]) -> float | None:
+    """How much RSS grew over the second half of a run, as the least-squares line through that
+    half's samples says (its rise over the half, over its mean): one request's momentary peak
+    moves a line through hundreds of samples by little, a creep moves it by all of it. None for a
+    run too short to tell (under 4 minutes)."""
+    if not samples or samples[-1][0] - samples[0][0] < 240:
+        return None
+    middle = (samples[0][0] + samples[-1][0]) / 2
+    half = [(t, rss) for t, rss in samples if t >= middle]
+    slope = statistics.linear_regression([t for t, _ in half], [rss for _, rss in half]).slope
+    return slope * (half[-1][0] - half[0][0]) / statistics.fmean(rss for _, rss in half)
+
+
 def rss_bytes(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status") as status:
@@ -650,7 +664,7 @@ def start_daemon(model_dir: Path, workdir: Path, token: str, keys_file: Path | N
               f"[limits]\n{limits}\n[logging]\naccess_log = false\n[cache]\nmax_bytes = {cache_bytes}\n"
               f"[auth]\nkeys_file = {keys_file or ''}\n")
     (workdir / "inferd.conf").write_text(config)
-    notify = NotifySocket(workdir)
+    notify = NotifyReceiver(workdir)
     env = {**os.environ, "NOTIFY_SOCKET": notify.path,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     log_path = workdir / "daemon.log"
@@ -693,6 +707,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slow", type=int, default=40, help="slowloris connections at a time")
     parser.add_argument("--idle", type=int, default=200, help="idle connections at a time")
     parser.add_argument("--max-rss-mb", type=float, default=1024.0)
+    parser.add_argument("--max-growth", type=float, default=None, metavar="PERCENT",
+                        help="fail when RSS grows more than this over the second half (make soak-long: 1)")
     parser.add_argument("--reload-every", type=int, default=8, help="token reload every N admin rounds (2 s); 0: never")
     parser.add_argument("--seed", type=int, default=6)
     parser.add_argument("--no-keys", action="store_true", help="API keys off (no keyed rows)")
@@ -737,7 +753,7 @@ def main(argv: list[str] | None = None) -> int:
               f"requests answered: {metrics.get('all_http_requests')}; exit code on SIGTERM: {code}")
         if soak.rss:
             started = soak.rss[0][0]
-            samples = soak.rss[:: max(1, len(soak.rss) // 8)] + soak.rss[-1:]
+            samples = soak.rss[:: max(1, len(soak.rss) // 15)] + soak.rss[-1:]
             print("RSS over time (s: MiB): " + ", ".join(f"{t - started:.0f}: {rss / 2**20:.0f}" for t, rss in samples))
         if not alive or final != 200:
             problems.append(f"daemon not serving at the end (alive={alive}, /health={final})")
@@ -745,6 +761,12 @@ def main(argv: list[str] | None = None) -> int:
             problems.append(f"daemon exited {code} on SIGTERM")
         if peak > args.max_rss_mb * 2**20:
             problems.append(f"RSS peak {peak / 2**20:.0f} MiB over --max-rss-mb {args.max_rss_mb:.0f}")
+        growth = second_half_growth(soak.rss)
+        if growth is not None:
+            print(f"RSS growth over the second half: {growth:+.2%} (the rise of the least-squares line "
+                  "through its samples, over their mean)")
+            if args.max_growth is not None and growth > args.max_growth / 100:
+                problems.append(f"RSS grew {growth:.2%} over the second half; --max-growth is {args.max_growth}%")
         if not soak.book.rows["good /infer multipart"].sent:
             problems.append("no good request was sent")
         problems += keys_and_cache(soak, metrics, args.cache_bytes)

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +20,7 @@ if str(REPO / "models") not in sys.path:
     sys.path.insert(0, str(REPO / "models"))
 
 import build as model_build  # noqa: E402,F401  (models/build.py, re-exported for fixtures)
+from inferd.tools.notify import NotifyReceiver  # noqa: E402,F401  (re-exported for fixtures)
 
 
 EXPECTED_TOP1 = {
@@ -32,42 +31,10 @@ EXPECTED_TOP1 = {
 }
 
 
-class NotifySocket:
-    """A datagram socket standing in for systemd's $NOTIFY_SOCKET; collects every field sent."""
-
-    def __init__(self, directory: Path, name: str = "notify.sock"):
-        self.path = str(directory / name)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.messages: list[dict[str, str]] = []
-
-    def wait_for(self, key: str, value: str | None = None, timeout: float = 60.0) -> dict[str, str]:
-        """The first message (new or already seen) with key (= value); raises TimeoutError."""
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while True:
-            for message in self.messages[seen:]:
-                if key in message and (value is None or message[key] == value):
-                    return message
-            seen = len(self.messages)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"no {key}={value} in {self.messages}")
-            self.sock.settimeout(remaining)
-            try:
-                raw = self.sock.recv(65536).decode()
-            except socket.timeout:
-                continue
-            self.messages.append(dict(line.split("=", 1) for line in raw.splitlines() if "=" in line))
-
-    def close(self):
-        self.sock.close()
-
-
 @dataclass
 class DaemonProcess:
     proc: subprocess.Popen
-    notify: NotifySocket
+    notify: NotifyReceiver
     log_path: Path
     url: str = ""
     _consumed: int = field(default=0)

@@ -17,7 +17,7 @@ import pytest
 
 from inferd import config, model as model_module
 from inferd.batcher import Batcher, BatcherStopped, QueueFull
-from inferd.service import InferenceTimeout, Lease
+from inferd.lease import InferenceTimeout, Lease
 
 MARGIN = 0.08  # seconds of scheduling slack on a busy 2-core machine
 

@@ -132,8 +132,9 @@ def test_limit_counts_images_not_calls(tiny_model_dir, images):
 
 
 def _served(server, expected: int = 0, timeout: float = 5.0) -> int:
-    """2xx answers to /infer the server itself counted, polled until `expected` or `timeout`:
-    the server records a request just after its response has gone out."""
+    """2xx answers to /infer the server itself counted, once it has counted `expected` (or after
+    `timeout`): it counts a request before sending its answer (exchange.py), so the poll only waits
+    for a request whose answer this test has not read yet."""
     deadline = time.monotonic() + timeout
     while True:
         served = server.server.metrics.snapshot_json()["successful_requests"]

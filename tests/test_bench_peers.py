@@ -18,7 +18,7 @@ from bench import contenders, cpubound, install_size, peer_table, proctree
 from bench.peers import classifier
 from inferd.imaging import preprocess
 from inferd.config import KNOWN_FORMATS
-from inferd.model import read_manifest
+from inferd.manifest import read_manifest
 from tests.support import model_build
 
 FORKING_SERVER = textwrap.dedent("""

@@ -107,3 +107,27 @@ def test_the_readme_lists_exactly_the_restart_only_keys():
     assert sorted(named) == sorted(key for _, key in config.RESTART_ONLY)
     changed = config.restart_only_changes(config.parse(""), config.parse("[server]\nport = 9\n"))
     assert changed == ["[server] port"]
+
+
+# -- restart-only keys (issue 23): a reload keeps them by construction -------------------------------
+
+RESTART_ONLY_CHANGES = {("server", "host"): "127.0.0.2", ("server", "port"): "8123",
+                        ("server", "max_connections"): "7", ("batching", "inference_workers"): "2",
+                        ("limits", "max_inference_requests"): "3", ("limits", "max_other_requests"): "2"}
+
+
+def test_every_restart_only_key_is_listed_here():
+    assert set(config.RESTART_ONLY) == set(RESTART_ONLY_CHANGES)
+
+
+@pytest.mark.parametrize("where", sorted(RESTART_ONLY_CHANGES), ids=lambda w: f"[{w[0]}] {w[1]}")
+def test_a_reload_keeps_each_restart_only_key_and_takes_the_rest(where):
+    from inferd.site import Site
+
+    running = Site.of(config.parse("[cache]\nmax_bytes = 0\n"))
+    section, key = where
+    reloaded = config.parse(f"[{section}]\n{key} = {RESTART_ONLY_CHANGES[where]}\n[cache]\nmax_bytes = 4096\n")
+    site = Site.of(reloaded, None, running)
+    assert getattr(getattr(site.config, section), key) == getattr(getattr(running.config, section), key)
+    assert site.config.cache.max_bytes == 4096  # the rest of the reload is in force
+    assert config.restart_only_changes(running.config, reloaded) == [f"[{section}] {key}"]

@@ -287,3 +287,16 @@ def test_an_empty_keys_file_reloads_with_a_loud_warning(start_daemon, tmp_path, 
         assert requests.post(f"{daemon.url}/infer", files={"file": ("a.png", solid_png((1, 2, 3)))},
                              timeout=10).status_code == 401, name
     assert daemon.log().count("holds no keys: every inference request is refused (401)") == 3
+
+
+def test_a_reload_to_two_inference_workers_keeps_one_until_restart(start_daemon, tmp_path, tiny_model_dir):
+    """Issue 23: the reload logged "takes effect at the next restart", yet the reloaded batcher
+    got 2 workers (and half the intra-op threads) while the shared RunGate kept 1 permit."""
+    daemon = start_daemon(f"[model]\npath = {tiny_model_dir}\n[batching]\ninference_workers = 1\n")
+    threads = health(daemon)["model"]["intra_op_threads"]
+    (tmp_path / "inferd.conf").write_text(f"[model]\npath = {tiny_model_dir}\n[batching]\ninference_workers = 2\n"
+                                          "max_batch_size = 4\n")
+    assert requests.post(f"{daemon.url}/admin/reload", timeout=30).status_code == 200
+    assert "[batching] inference_workers changes take effect at the next restart" in daemon.log()
+    assert health(daemon)["model"]["intra_op_threads"] == threads  # cores // 1, not cores // 2
+    assert requests.get(f"{daemon.url}/v2/models/tiny-10/config", timeout=10).json()["max_batch_size"] == 4

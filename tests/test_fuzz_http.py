@@ -289,6 +289,6 @@ def test_the_server_side_multipart_reader_raises_only_typed_errors(content_type,
     points = sorted({min(c, len(body)) for c in cuts} | {0, len(body)})
     body = b"".join(body[a:b] for a, b in zip(points, points[1:]))
     try:
-        uploads.uploads(content_type, body, _Limits, ("file", "files"))
+        uploads.uploads(uploads.upload_form(content_type), body, _Limits, ("file", "files"))
     except (multipart.MultipartError, HTTPError) as exc:
         assert 400 <= exc.http_status < 500

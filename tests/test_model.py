@@ -14,7 +14,8 @@ from PIL import Image
 
 from tests.support import REPO, config_for
 from inferd import cpus, model
-from inferd.model import ModelError
+from inferd.manifest import read_manifest
+from inferd.manifest import ModelError
 
 
 def load(directory: Path, **kwargs) -> model.Model:
@@ -50,10 +51,10 @@ def test_resnet50_preset_is_served_with_torchvision_preprocessing(serve, resnet5
 
 
 def test_manifest_is_read(default_model_dir):
-    manifest = model.read_manifest(default_model_dir / "model.ini")
+    manifest = read_manifest(default_model_dir / "model.ini")
     assert manifest.name == "efficientnet-lite0"
     assert manifest.input.interpolation == "bicubic" and manifest.input.mean == (127.0, 127.0, 127.0)
-    preset = model.read_manifest(REPO / "models" / "resnet50" / "model.ini")
+    preset = read_manifest(REPO / "models" / "resnet50" / "model.ini")
     assert preset.input.value_range == 1.0 and preset.input.std == (0.229, 0.224, 0.225)
 
 
@@ -68,7 +69,7 @@ def test_manifest_is_read(default_model_dir):
 def test_bad_manifests_are_named(tmp_path, text, complaint):
     (tmp_path / "model.ini").write_text(text)
     with pytest.raises(ModelError, match="model.ini") as caught:
-        model.read_manifest(tmp_path / "model.ini")
+        read_manifest(tmp_path / "model.ini")
     assert complaint in str(caught.value)
 
 

@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from inferd import config, loading, model
-from inferd.model import ModelError
+from inferd.manifest import ModelError
 
 MANIFEST = "[model]\nname = {name}\n[input]\nsize = 8\nresize = 8\nmean = 0 0 0\nstd = 1 1 1\n"
 CLASSES = 4

@@ -10,7 +10,8 @@ from PIL import Image
 
 from inferd.imaging import preprocess
 from inferd.config import KNOWN_FORMATS
-from inferd.imaging.preprocess import ImageError, ImageTooLarge, InputSpec, UnsupportedImage
+from inferd.imaging.preprocess import ImageError, ImageTooLarge, UnsupportedImage
+from inferd.manifest import InputSpec
 
 LITE0 = InputSpec(size=224, resize=256, interpolation="bicubic", mean=(127.0,) * 3, std=(128.0,) * 3)
 RESNET = InputSpec(size=224, resize=256, interpolation="bilinear", mean=(0.485, 0.456, 0.406),

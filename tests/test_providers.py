@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from inferd import config
-from inferd.model import ModelError
+from inferd.manifest import ModelError
 from inferd.providers import choose
 
 

@@ -1,8 +1,9 @@
 """Reading a request body off its socket, within the limits and the body deadline.
 
 `SocketReader` reads a socket through its own buffer under a deadline that grows with the bytes
-received; `read_body` sends 100 Continue when asked for it, then reads a Content-Length or chunked
-body into one bytearray (never a list of pieces), so a body costs its size in memory once.
+received; `BodyReader.read` sends 100 Continue when asked for it, then reads a Content-Length body
+into a bytearray of its length, or a chunked one into a bytearray that grows as it comes (never a
+list of pieces), and hands that bytearray on as it is: a body costs its size in memory once.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from .chunked import ChunkedDecoder
 from .errors import ClientDisconnected, LengthRequired, ProtocolError, RequestTimeout
 from .heads import CHUNKED, RequestHead, body_framing
 from .responses import CONTINUE
-
-READ_SIZE = 64 * 1024
+from .settings import READ_SIZE
 
 
 class SocketReader:
@@ -90,7 +90,7 @@ class BodyReader:
         self.framing = None
         self.complete = not head.declares_body
 
-    def read(self, *, required: bool = True) -> bytes:
+    def read(self, *, required: bool = True) -> bytes | bytearray:
         """The body. Framing is checked before any byte is read (411 when `required` and no length
         is declared, 413, 400); 100 Continue is sent, and the body deadline starts, at the first
         read. Raises ProtocolError (400) if the client closes early, RequestTimeout past the
@@ -119,16 +119,19 @@ class BodyReader:
         except OSError:
             raise ClientDisconnected("cannot send 100 Continue") from None
 
-    def _sized(self, length: int) -> bytes:
-        body = bytearray()
-        while len(body) < length:
-            data = self.reader.read(min(READ_SIZE, length - len(body)))
+    def _sized(self, length: int) -> bytearray:
+        body = bytearray(length)
+        view, filled = memoryview(body), 0
+        while filled < length:
+            data = self.reader.read(min(READ_SIZE, length - filled))
             if not data:
                 raise ProtocolError("request body ended before Content-Length bytes")
-            body += data
-        return bytes(body)
+            view[filled:filled + len(data)] = data
+            filled += len(data)
+        view.release()
+        return body
 
-    def _chunked(self) -> bytes:
+    def _chunked(self) -> bytearray:
         body = bytearray()
         decoder = ChunkedDecoder(body, max_body_bytes=self.limits.max_body_bytes,
                                  max_trailer_bytes=self.limits.max_header_bytes)
@@ -138,4 +141,4 @@ class BodyReader:
                 raise ProtocolError("chunked request body ended before its last chunk")
             decoder.feed(data)
         self.reader.unread(decoder.unused)
-        return bytes(body)
+        return body

@@ -1,4 +1,5 @@
-"""The field-line rules of RFC 9110 §5 shared by request heads and multipart part headers."""
+"""The field-line rules of RFC 9110 §5 shared by request heads and multipart part headers, and the
+values of the header fields more than one route reads (media types, bearer credentials)."""
 
 from __future__ import annotations
 
@@ -27,3 +28,15 @@ def field_line(line: str, what: str = "header") -> tuple[str, str]:
     if not colon or not TOKEN.fullmatch(name):
         raise FieldLineError(f"malformed {what} line {line[:60]!r}")
     return name.lower(), value.strip(" \t")
+
+
+def media_type(content_type: str) -> str:
+    """The lower-cased type/subtype of a Content-Type value, without its parameters (RFC 9110 §8.3.1)."""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def bearer(authorization: str | None) -> str | None:
+    """The credentials of "Authorization: Bearer <credentials>" (RFC 6750 §2.1, the scheme in any
+    case); None for another scheme or none."""
+    scheme, _, value = (authorization or "").strip().partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None

@@ -6,7 +6,7 @@ from typing import Callable, Iterable, Mapping
 from urllib.parse import unquote
 
 from .errors import HTTPError
-from .messages import INFERENCE, OTHER, Handler, Route
+from .messages import INFERENCE, Handler, Route
 
 
 class Router:
@@ -41,21 +41,16 @@ class Router:
     def guards_for(self, path: str) -> list[Callable]:
         return [check for prefix, check in self.guards if path.startswith(prefix)]
 
-    def pool_for(self, path: str) -> str:
-        found = self.find(path)
-        return found[0].pool if found else OTHER
-
-    def match(self, method: str, path: str) -> tuple[Route, Handler, dict[str, str]]:
-        """The route, its handler for `method` (GET's for HEAD) and the path parameters.
-        Raises HTTPError 404 for an unknown path, 405 (with Allow) for a method it does not take."""
-        found = self.find(path)
-        if found is None:
+    @staticmethod
+    def handler(route: Route | None, method: str) -> Handler:
+        """The handler of `route` (as the head gate found it) for `method`, GET's for HEAD. Raises
+        HTTPError 404 when no route has the path, 405 (with Allow) for a method it does not take."""
+        if route is None:
             raise HTTPError(404, "not found")
-        route, params = found
         handler = route.methods.get("GET" if method == "HEAD" else method)
         if handler is None:
             raise HTTPError(405, f"method {method} is not allowed here", {"Allow": ", ".join(route.methods)})
-        return route, handler, params
+        return handler
 
     def labels(self) -> tuple[str, ...]:
         """Every route's path: the metrics' route label values."""

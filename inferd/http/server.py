@@ -14,11 +14,11 @@ import socket
 import socketserver
 import time
 
-from .connections import HandlerThreads, WaitingRoom
+from .connections import WaitingRoom
 from .exchange import Exchange
+from .handlers import HandlerThreads
 from .messages import INFERENCE, OTHER
 from .router import Router
-from .settings import HttpSettings
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +34,13 @@ class HttpServer(socketserver.TCPServer):
     allow_reuse_address = True
     request_queue_size = 1024
 
-    def __init__(self, address, *, router: Router, context, metrics, control, config, listen_socket=None):
+    def __init__(self, address, *, router: Router, context, metrics, control, site, listen_socket=None):
         self.control = control
         self.metrics = metrics
+        config = site.config
         limits = config.limits
         _raise_fd_limit(config.server.max_connections + 256)
-        self.exchange = Exchange(router, context, metrics, control, config,
-                                          HttpSettings.from_config(config))
+        self.exchange = Exchange(router, context, metrics, control, site)
         self.threads = HandlerThreads({INFERENCE: limits.max_inference_requests, OTHER: limits.max_other_requests})
         self.room = WaitingRoom(max_connections=config.server.max_connections, exchange=self.exchange,
                                 threads=self.threads)
@@ -55,9 +55,9 @@ class HttpServer(socketserver.TCPServer):
             self.server_address = listen_socket.getsockname()
         self.room.start()
 
-    def configure(self, config) -> None:
-        """Take a reloaded configuration: every request from now on reads its limits."""
-        self.exchange.configure(config, HttpSettings.from_config(config))
+    def configure(self, site) -> None:
+        """Take a reloaded site: every request from now on reads its limits."""
+        self.exchange.configure(site)
 
     def get_request(self):
         try:

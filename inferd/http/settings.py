@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+READ_SIZE = 64 * 1024  # bytes asked of a socket at once, for heads and bodies alike
+
 
 @dataclass(frozen=True)
 class HttpSettings:

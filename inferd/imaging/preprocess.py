@@ -17,25 +17,20 @@ import contextlib
 import io
 import math
 import struct
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
 from . import jpeg
+from ..manifest import INTERPOLATIONS, InputSpec
 from .budget import DecodeBudget
 from .errors import DecodeBusy, ImageError, ImageTooLarge, UnsupportedImage
 
-__all__ = ["DecodeBusy", "FILTERS", "ImageError", "ImageTooLarge", "InputSpec", "UnsupportedImage",
-           "decode_cost", "open_image", "to_tensor"]
+__all__ = ["DecodeBusy", "ImageError", "ImageTooLarge", "UnsupportedImage", "decode_cost", "open_image",
+           "to_tensor"]
 
-FILTERS = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-}
-FILTER_SUPPORT = {"nearest": 1, "bilinear": 1, "bicubic": 2, "lanczos": 3}
+FILTERS = {name: getattr(Image.Resampling, name.upper()) for name in INTERPOLATIONS}
+FILTER_SUPPORT = {"nearest": 1, "bilinear": 1, "bicubic": 2, "lanczos": 3}  # pixels, as Pillow's filters have it
 # Pillow's transposes that make a stored image upright, by EXIF orientation (as ImageOps.exif_transpose).
 ORIENTATIONS = {
     2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
@@ -50,28 +45,14 @@ SIGNATURES = {"PNG": (b"\x89PNG\r\n\x1a\n",), "JPEG": (b"\xff\xd8\xff",), "GIF":
 # bit); larger ones only in the region the model sees (values within a few levels of the whole).
 WHOLE_BELOW = 16 * 1024 * 1024
 
-# Our own limit is checked first; Pillow's bomb check stays as a second net.
-Image.MAX_IMAGE_PIXELS = None
 
 
-@dataclass(frozen=True)
-class InputSpec:
-    """How a model wants its input: the [input] section of model.ini."""
-
-    size: int = 224
-    resize: int = 256
-    interpolation: str = "bilinear"
-    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    layout: str = "NCHW"
-    value_range: float = 255.0
-
-    def scale_and_bias(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-channel float32 a, b with tensor = pixel * a + b, pixel on the 0..255 scale."""
-        pixel_to_range = np.float32(self.value_range / 255.0)
-        std = np.asarray(self.std, dtype=np.float32)
-        mean = np.asarray(self.mean, dtype=np.float32)
-        return (pixel_to_range / std).astype(np.float32), (-mean / std).astype(np.float32)
+def take_over_pixel_limit() -> None:
+    """Turn Pillow's process-wide bomb check off, for the daemon: [limits] max_image_pixels,
+    checked from the header before any pixel is decoded, takes its place (Pillow's would refuse
+    every image above 179 M pixels, and warn above 89 M, whatever the configuration allows).
+    Where it stays on (a tool calling to_tensor), its refusals are 413 as ours are."""
+    Image.MAX_IMAGE_PIXELS = None
 
 
 def to_tensor(data: bytes, spec: InputSpec, *, max_pixels: int, formats: frozenset[str],
@@ -94,6 +75,8 @@ def open_image(data: bytes, *, max_pixels: int, formats: frozenset[str]) -> Imag
         data = _guarded(jpeg.for_decoder, data)
     try:
         image = Image.open(io.BytesIO(data), formats=sorted(formats))
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(_reason(exc)) from None
     except Image.UnidentifiedImageError:
         if any(data.startswith(SIGNATURES[name]) for name in formats if name in SIGNATURES):
             raise ImageError("cannot read image header: the file is cut short or corrupt") from None

@@ -6,16 +6,16 @@ through `Registry.atomically()`), so a scrape never sees half of one event.
 from __future__ import annotations
 
 import collections
-import math
 import platform
 import sys
 import time
 from typing import Callable, Iterable
 
 from .. import __version__
+from ..names import version_order
 from . import exposition
 from .cache import CacheMetrics, cache_json
-from .families import Counter, Gauge, Histogram, Registry
+from .families import Counter, Gauge, Histogram, Registry, nearest_rank
 from .keys import KeyMetrics
 from .models import IMAGE_OUTCOMES, LoadedVersion, ModelFamilies, VersionMetrics
 from .process import ProcessCollector
@@ -145,6 +145,11 @@ class InferdMetrics:
 
     # -- views ---------------------------------------------------------------------------------
 
+    def render_for(self, accept: str | None, fmt: str | None = None) -> tuple[str, bytes]:
+        """(content type, body) of the view an Accept header (or ?format=) asks for; raises
+        ValueError for a format that does not exist."""
+        return self.render(exposition.negotiate(accept, fmt))
+
     def render(self, kind: str) -> tuple[str, bytes]:
         """(content type, body) for kind "json", "prometheus" or "openmetrics"."""
         return exposition.render(kind, self.registry, self.snapshot_json() if kind == "json" else None)
@@ -229,7 +234,7 @@ def model_json(c: dict, depths: dict, default: str) -> dict:
     count = sum(n for n, _ in c["batches"].values())
     images = sum(s for _, s in c["batches"].values())
     values = list(depths.values())
-    default_version = max((v for v in c["versions"] if v.model == default), key=lambda v: _order(v.version), default=None)
+    default_version = max((v for v in c["versions"] if v.model == default), key=lambda v: version_order(v.version), default=None)
     return {
         "images": {o: sum(f.get(o, 0) for f in c["images"].values()) for o in IMAGE_OUTCOMES},
         "queue_depth": None if any(d is None for d in values) else sum(values),
@@ -246,13 +251,6 @@ def _batches(count: int, images: float, inference_seconds: float) -> dict:
             "average_inference_ms": 1000.0 * inference_seconds / count if count else None}
 
 
-def _order(version: str) -> tuple:
-    return (0, int(version), "") if version.isdigit() else (1, 0, version)
-
-
 def _percentile_ms(ordered: list[float], p: float) -> float | None:
-    # Nearest rank: the smallest value with at least p% of the window at or below it.
-    if not ordered:
-        return None
-    rank = max(math.ceil(p / 100.0 * len(ordered)), 1)
-    return 1000.0 * ordered[rank - 1]
+    value = nearest_rank(ordered, p)
+    return None if value is None else 1000.0 * value

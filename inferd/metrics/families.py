@@ -384,3 +384,12 @@ def format_value(value: float, le: bool = False) -> str:
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
     return repr(value)
+
+
+def nearest_rank(ordered, q: float):
+    """The q-th percentile (0..100) of an ascending sequence by the nearest-rank method: the
+    smallest value with at least q% of the values at or below it; None when it is empty."""
+    if not ordered:
+        return None
+    rank = max(1, -(-len(ordered) * q // 100))  # ceil(n * q / 100) without float rounding, at least 1
+    return ordered[int(rank) - 1]

@@ -7,16 +7,22 @@ route is handed: the service, the metrics, and the daemon's control (reloads, dr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..http.messages import DISCARD, INFERENCE, READ, Route
+from ..service import Service
 from . import admin, docs, keyed, native, v2
+
+if TYPE_CHECKING:  # the daemon's parts the routes are handed; named for the reader
+    from ..control import Control
+    from ..metrics import InferdMetrics
 
 
 @dataclass(frozen=True)
 class RouteContext:
-    service: object
-    metrics: object
-    control: object
+    service: Service
+    metrics: "InferdMetrics"
+    control: "Control"
 
 
 ROUTES = (

@@ -8,6 +8,7 @@ import ipaddress
 import re
 
 from ..http.errors import HTTPError
+from ..http.grammar import bearer
 from ..http.messages import Request, Response
 
 
@@ -15,17 +16,16 @@ def guard(request: Request, context) -> None:
     """Before routing, for every path under /admin/: with a token configured, only
     "Authorization: Bearer <token>" (from anywhere; 401 otherwise); without one, loopback clients
     only (403 otherwise)."""
-    authorize_admin(request.settings.server.admin_token, request.headers.get("Authorization"), request.client[0])
+    authorize_admin(request.site.config.server.admin_token, request.headers.get("Authorization"), request.client[0])
 
 
 def authorize_admin(token: str, authorization: str | None, client_host: str) -> None:
     """Admit an /admin/* request or raise HTTPError (401, 403). The token is compared in constant
     time, lengths included."""
     if token:
-        scheme, _, given = (authorization or "").strip().partition(" ")
+        given = bearer(authorization)
         expected = hashlib.sha256(token.encode()).digest()
-        if not (scheme.lower() == "bearer"
-                and hmac.compare_digest(hashlib.sha256(given.strip().encode()).digest(), expected)):
+        if given is None or not hmac.compare_digest(hashlib.sha256(given.encode()).digest(), expected):
             raise HTTPError(401, "a valid bearer token is required",
                             {"WWW-Authenticate": 'Bearer realm="inferd admin"'})
     elif not is_loopback(client_host):
@@ -41,18 +41,17 @@ def is_loopback(host: str) -> bool:
     return (mapped or address).is_loopback
 
 
-def reload(request: Request, context) -> Response:
+def reload(request: Request, call, context) -> Response:
     """Asks the daemon's main loop to reload what its configuration names and waits for the
     outcome; nothing in the request can choose a file."""
     return _reload(context, None)
 
 
-def reload_model(request: Request, context) -> Response:
+def reload_model(request: Request, call, context) -> Response:
     """POST /admin/models/{name}/reload: look at that model alone; 404 for a name that is neither
     loaded nor failed."""
     name = request.params["name"]
-    repository = context.service.repository
-    if name not in {m.name for m in repository.loaded()} | set(repository.failures):
+    if not context.service.knows(name):
         raise HTTPError(404, f"no model named {name!r}")
     return _reload(context, name)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..service import cache_state
+from ..lease import cache_state
 
 
 def cache_header(results: list) -> dict:

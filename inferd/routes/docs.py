@@ -37,15 +37,15 @@ TAGS = (
 
 def guard(request: Request, context) -> None:
     """404 for /docs and /openapi.json, whatever the method, when [server] docs = false."""
-    if not request.settings.server.docs:
+    if not request.site.config.server.docs:
         raise HTTPError(404, "not found")
 
 
-def openapi_json(request: Request, context) -> Response:
+def openapi_json(request: Request, call, context) -> Response:
     return Response(200, _document_bytes(), {"Content-Type": "application/json"})
 
 
-def page(request: Request, context) -> Response:
+def page(request: Request, call, context) -> Response:
     body, policy = _page()
     return Response(200, body, {
         "Content-Type": "text/html; charset=utf-8", "Content-Security-Policy": policy,

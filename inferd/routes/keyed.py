@@ -3,18 +3,16 @@ access rules (inferd/keys.py) once the route is known and before the body is rea
 
 from __future__ import annotations
 
+from ..http.grammar import bearer
 from ..http.messages import Request
 
 
 def guard(request: Request, context):
     """The request's keys.Caller (None when no rule applies); raises keys.Unauthorized (401),
     keys.Limited (429)."""
-    return context.service.access.admit(presented_key(request.headers), request.client[0] if request.client else "")
+    return context.service.admit(presented_key(request.headers), request.client[0] if request.client else "")
 
 
 def presented_key(headers) -> str | None:
     """"Authorization: Bearer <key>" (RFC 6750), else "X-API-Key: <key>"; None without either."""
-    scheme, _, value = (headers.get("Authorization") or "").strip().partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return (headers.get("X-API-Key") or "").strip() or None
+    return bearer(headers.get("Authorization")) or (headers.get("X-API-Key") or "").strip() or None

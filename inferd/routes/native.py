@@ -1,5 +1,5 @@
-"""inferd's own API: /infer, /infer/batch, /health, /metrics. Each route maps HTTP to one call of
-the service (or the metrics) and back; no I/O of its own."""
+"""inferd's own API: /infer, /infer/batch, /health, /models, /metrics. Each route maps HTTP to one
+call of the service (or the metrics) and back; no I/O of its own."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ import time
 from dataclasses import dataclass
 
 from ..http.errors import HTTPError
-from ..http.messages import Request, Response
-from ..metrics import negotiate
-from ..service import Classification, Lease
+from ..http.messages import Call, Request, Response
+from ..lease import Classification, Lease
 from .cached import cache_header
-from .uploads import parse_top_k, upload_kind, uploads
+from .uploads import UploadForm, parse_top_k, upload_form, uploads
 
 
 @dataclass(frozen=True)
@@ -21,21 +20,22 @@ class Admitted:
 
     lease: Lease
     top_k: int
+    form: UploadForm
 
 
 @contextlib.contextmanager
-def admit_upload(request: Request, context):
+def admit_upload(request: Request, caller, context):
     """Before the body: the model lease (?model, ?version; held until the answer; 404 for one not
     loaded) for the guard's caller, ?top_k (400), the content type (415)."""
-    with context.service.lease(_query(request, "model"), _query(request, "version"), request.caller) as lease:
-        top_k = parse_top_k(request.query, lease.config.model.top_k, len(lease.labels))
-        upload_kind(request.headers.get("Content-Type", ""))
-        yield Admitted(lease, top_k)
+    with context.service.lease(request.site.config, _query(request, "model"), _query(request, "version"),
+                               caller) as lease:
+        top_k = parse_top_k(request.query, request.site.config.model.top_k, len(lease.signature.labels))
+        yield Admitted(lease, top_k, upload_form(request.headers.get("Content-Type", "")))
 
 
-def infer(request: Request, context) -> Response:
-    admitted = request.admitted
-    images = uploads(request.headers.get("Content-Type", ""), request.body, request.settings.limits, ("file",))
+def infer(request: Request, call: Call[Admitted], context) -> Response:
+    admitted = call.admitted
+    images = uploads(admitted.form, call.body, request.site.config.limits, ("file",))
     if len(images) != 1:
         raise HTTPError(400, f"expected one file part named 'file', got {len(images)}")
     (result,) = admitted.lease.classify([images[0].data], admitted.top_k)
@@ -44,15 +44,15 @@ def infer(request: Request, context) -> Response:
     return Response(200, {**_prediction(result), **_served_by(admitted.lease)}, cache_header([result]))
 
 
-def infer_batch(request: Request, context) -> Response:
+def infer_batch(request: Request, call: Call[Admitted], context) -> Response:
     """Every image gets an entry; a bad image fails only its own entry."""
-    admitted = request.admitted
+    admitted = call.admitted
     started = time.monotonic()
-    images = uploads(request.headers.get("Content-Type", ""), request.body, request.settings.limits,
-                     ("files", "file"))
+    limits = request.site.config.limits
+    images = uploads(admitted.form, call.body, limits, ("files", "file"))
     if not images:
         raise HTTPError(400, "expected one or more file parts named 'files'")
-    _check_answer_size(images, admitted, request.settings.limits.max_response_bytes)
+    _check_answer_size(images, admitted, limits.max_response_bytes)
     results = admitted.lease.classify([image.data for image in images], admitted.top_k)
     entries = [_batch_entry(image.filename, result) for image, result in zip(images, results)]
     failed = sum(1 for entry in entries if entry["error"] is not None)
@@ -71,8 +71,7 @@ ENTRY_JSON_BYTES = 160
 
 def _check_answer_size(images: list, admitted: Admitted, limit: int) -> None:
     """413 before any image is decoded when the answer could exceed [limits] max_response_bytes."""
-    model = admitted.lease.loaded.model
-    per_image = ENTRY_JSON_BYTES + admitted.top_k * (PREDICTION_JSON_BYTES + model.longest_label)
+    per_image = ENTRY_JSON_BYTES + admitted.top_k * (PREDICTION_JSON_BYTES + admitted.lease.signature.longest_label)
     answer = sum(per_image + 6 * len(image.filename or "") for image in images)
     if answer > limit:
         raise HTTPError(413, f"the answer to this request could take {answer} bytes; the limit is {limit} "
@@ -80,7 +79,7 @@ def _check_answer_size(images: list, admitted: Admitted, limit: int) -> None:
 
 
 def _served_by(lease: Lease) -> dict:
-    return {"model": lease.loaded.name, "version": lease.loaded.version}
+    return {"model": lease.signature.name, "version": lease.signature.version}
 
 
 def _query(request: Request, name: str) -> str | None:
@@ -99,43 +98,28 @@ def _batch_entry(filename: str | None, result) -> dict:
     return {"filename": filename, **_prediction(result), "error": None, "status": 200}
 
 
-def health(request: Request, context) -> Response:
+def health(request: Request, call: Call, context) -> Response:
     """200 while the default model serves; every model and version with its state."""
-    model = context.service.describe_default()
-    models = _states(context.service.repository)
+    service = context.service
+    model = service.describe_default()
+    models = service.states()
     if context.control.draining:
         return Response(503, {"status": "draining", "model_loaded": model is not None, "models": models})
     if model is None:
         return Response(503, {"status": "loading", "model_loaded": False, "models": models})
     return Response(200, {"status": "ok", "model_loaded": True, "model": model, "models": models,
-                          "cpus": context.service.cores.describe()})
+                          "cpus": service.cores.describe()})
 
 
-def models(request: Request, context) -> Response:
+def models(request: Request, call: Call, context) -> Response:
     """Every model: its versions with inputs, labels count and sha256; the default model."""
-    repository = context.service.repository
-    return Response(200, {"default": repository.default, "models": _states(repository, detail=True)})
+    return Response(200, {"default": context.service.default_model, "models": context.service.states(detail=True)})
 
 
-def _states(repository, detail: bool = False) -> list[dict]:
-    by_name: dict[str, dict] = {}
-    for loaded in repository.loaded():
-        entry = by_name.setdefault(loaded.name, {"name": loaded.name, "state": "ready", "versions": []})
-        version = {"version": loaded.version, "state": "ready"}
-        if detail:
-            version.update({**loaded.describe(), "loaded_at": loaded.loaded_at})
-        entry["versions"].append(version)
-    for name, reason in repository.failures.items():
-        entry = by_name.setdefault(name, {"name": name, "state": "failed", "versions": []})
-        entry["last_error"] = reason
-    return [by_name[name] for name in sorted(by_name)]
-
-
-def metrics(request: Request, context) -> Response:
+def metrics(request: Request, call: Call, context) -> Response:
     fmt = request.query.get("format", [None])[-1]
     try:
-        kind = negotiate(request.headers.get("Accept"), fmt)
+        content_type, body = context.metrics.render_for(request.headers.get("Accept"), fmt)
     except ValueError as exc:
         raise HTTPError(400, str(exc)) from None
-    content_type, body = context.metrics.render(kind)
     return Response(200, body, {"Content-Type": content_type})

@@ -17,7 +17,8 @@ SCHEMAS = {
         "type": "object", "required": ["predictions", "inference_time_ms", "model", "version"],
         "properties": {
             "predictions": {"type": "array", "items": ref("Prediction"), "description": "Best first."},
-            "inference_time_ms": {"type": "number", "description": "Decode, preprocessing and the model's run."},
+            "inference_time_ms": {"type": "number", "description": "From handing the image to the batcher to its "
+                                  "result: the queue wait and the model's run (decoding not included)."},
             "model": {"type": "string"}, "version": {"type": "string"},
         },
     },

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ..http import multipart
 from ..http.errors import HTTPError
+from ..http.grammar import media_type
 
 
 @dataclass(frozen=True)
@@ -14,31 +15,33 @@ class Upload:
     data: bytes
 
 
-MULTIPART, RAW = "multipart", "raw"
+@dataclass(frozen=True)
+class UploadForm:
+    """How a request's body carries its images, read off its Content-Type once, before the body."""
+
+    boundary: str | None  # a multipart/form-data body's boundary; None: the body is one image
 
 
-def upload_kind(content_type: str) -> str:
-    """MULTIPART or RAW for a Content-Type inferd takes images in; HTTPError 415 otherwise, and
+def upload_form(content_type: str) -> UploadForm:
+    """The form of a Content-Type inferd takes images in; HTTPError 415 otherwise, and
     MultipartError (400) for a multipart type without a valid boundary."""
-    mime = content_type.split(";", 1)[0].strip().lower()
+    mime = media_type(content_type)
     if mime == "multipart/form-data":
-        multipart.parse_boundary(content_type)
-        return MULTIPART
+        return UploadForm(multipart.parse_boundary(content_type))
     if mime.startswith("image/") or mime == "application/octet-stream":
-        return RAW
+        return UploadForm(None)
     raise HTTPError(415, "expected multipart/form-data or an image/* body")
 
 
-def uploads(content_type: str, body: bytes, limits, field_names: tuple[str, ...]) -> list[Upload]:
+def uploads(form: UploadForm, body: bytes, limits, field_names: tuple[str, ...]) -> list[Upload]:
     """The images of a body: the file parts whose field is one of `field_names` (other fields are
     ignored), or the whole body. Raises MultipartError (400/413) for a malformed or oversized form,
     HTTPError 413 past max_files_per_batch."""
-    if upload_kind(content_type) == RAW:
+    if form.boundary is None:
         return [Upload(None, body)]
-    boundary = multipart.parse_boundary(content_type)
     found = []
     for part in multipart.iter_parts(
-        [body], boundary, max_body_bytes=limits.max_body_bytes, max_parts=limits.max_parts,
+        [body], form.boundary, max_body_bytes=limits.max_body_bytes, max_parts=limits.max_parts,
         max_header_bytes=limits.max_part_header_bytes, max_part_bytes=limits.max_body_bytes,
     ):
         if part.name not in field_names:

@@ -17,6 +17,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from ..metrics.families import nearest_rank
+
 MAX_ANSWER_HEAD = 65536
 
 
@@ -218,10 +220,8 @@ def _connection_loop(url: str, turns: _Turns, timeout, budget: _Budget, tally: T
 
 def percentile(ordered: list[float], q: float) -> float:
     """The q-th percentile (0..100) of an ascending list by the nearest-rank method; 0.0 when empty."""
-    if not ordered:
-        return 0.0
-    rank = max(1, -(-len(ordered) * q // 100))  # ceil(n * q / 100), at least 1
-    return ordered[int(rank) - 1]
+    value = nearest_rank(ordered, q)
+    return 0.0 if value is None else value
 
 
 def summarise(tally: Tally) -> dict:
