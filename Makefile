@@ -8,7 +8,7 @@ CONFIG ?= inferd.conf.example
 # in front of a fleet), and those the container image and its tests use (issue 15).
 SYSTEM_PACKAGES := prometheus systemd curl iproute2 util-linux haproxy
 CONTAINER_PACKAGES := podman runc catatonit mmdebstrap
-# A real browser for the /docs page's test (tests/test_docs_page.py, issue 14), driven by selenium.
+# A real browser for the /docs page's test (tests/protocols/test_docs_page.py, issue 14), driven by selenium.
 BROWSER_PACKAGES := chromium chromium-driver
 
 .PHONY: run test test-fast coverage venv model system-deps browser-deps bench bench-peers bench-peers-venvs soak soak-long install uninstall clean

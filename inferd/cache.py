@@ -21,7 +21,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 # Bytes an entry costs beside its key and value: its OrderedDict node and dict slot (about 100
-# bytes on CPython 3.11) and its _Entry object (56); tests/test_cache.py checks the total against
+# bytes on CPython 3.11) and its _Entry object (56); tests/service/test_cache.py checks the total against
 # tracemalloc.
 ENTRY_OVERHEAD = 160
 

@@ -68,7 +68,7 @@ class Control:
         Waits in slices of WAKE_SECONDS: a signal that lands after the main thread last ran Python
         but before it blocks in the queue's lock only runs its handler (which posts the event)
         once the main thread runs Python again. Blocking without a timeout lost a SIGHUP in 2 of
-        30 reloads that followed a POST /admin/reload (tests/test_keys.py found it)."""
+        30 reloads that followed a POST /admin/reload (tests/service/test_keys.py found it)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             wait = WAKE_SECONDS if deadline is None else min(WAKE_SECONDS, max(0.0, deadline - time.monotonic()))

@@ -31,7 +31,7 @@ from typing import Callable
 
 from . import files
 from .config import ConfigError
-from .names import is_name
+from .names import client_address, is_name
 
 log = logging.getLogger(__name__)
 
@@ -362,12 +362,9 @@ def client_group(address: str, ipv6_prefix: int) -> str:
     """What one anonymous bucket stands for: an IPv4 address, or the IPv6 network of `ipv6_prefix`
     bits around an IPv6 one (a client given a /64 has 2^64 addresses to choose from). An IPv4
     address mapped into IPv6 is that IPv4 address; text that is not an address stands for itself."""
-    try:
-        parsed = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
+    parsed = client_address(address)
+    if parsed is None:
         return address
-    if parsed.version == 6 and parsed.ipv4_mapped is not None:
-        return str(parsed.ipv4_mapped)
     if parsed.version == 4:
         return str(parsed)
     return str(ipaddress.ip_network(f"{parsed}/{ipv6_prefix}", strict=False))
@@ -381,7 +378,7 @@ class AddressTable:
     full again makes room, the least recently seen first: it loses nothing by leaving. When none
     has rested, newcomers share one overflow caller with the same limits until one has, so that a
     flood of new addresses gets one bucket's worth between them and the limited stay limited.
-    Memory: `capacity` callers and the overflow one (tests/test_keys.py measures a full table).
+    Memory: `capacity` callers and the overflow one (tests/service/test_keys.py measures a full table).
     """
 
     def __init__(self, limits: Limits, capacity: int, clock: Callable[[], float], observer=None):

@@ -13,7 +13,6 @@ is reported; other models load as usual.
 
 from __future__ import annotations
 
-import configparser
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -22,8 +21,8 @@ from pathlib import Path
 from . import cpus, files, model as model_module, names
 from .batcher import Batcher, RunGate
 from .bounded import Bounds, TookTooLong
-from .config import Config, VersionPolicy, version_policy
-from .manifest import ModelError, read_manifest
+from .config import Config, VersionPolicy
+from .manifest import ModelError, read_manifest, read_versions_policy
 from .repository import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -203,7 +202,7 @@ def _versions(directory: Path, default_policy: VersionPolicy, repository: Path, 
         _check_link(directory / str(version), repository, follow)
     if not numbered:
         return [Source(directory.name, "1", directory / "model.ini", directory / "labels.txt", directory / "model.onnx")]
-    policy = _policy(directory / "model.ini", default_policy)
+    policy = read_versions_policy(directory / "model.ini", default_policy)
     chosen = policy.select(numbered)
     missing = sorted(set(chosen) - set(numbered))
     if missing:
@@ -219,23 +218,6 @@ def _version(directory: Path, version: int) -> Source:
 
     return Source(directory.name, str(version), own_or_shared("model.ini"), own_or_shared("labels.txt"),
                   here / "model.onnx")
-
-
-def _policy(manifest: Path, default: VersionPolicy) -> VersionPolicy:
-    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"))
-    try:
-        parser.read_string(files.read_text(manifest), source=str(manifest))
-    except FileNotFoundError:
-        return default
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{manifest}: cannot read the manifest: {getattr(exc, 'strerror', None) or exc}") from None
-    except configparser.Error as exc:
-        raise ModelError(f"{manifest}: {exc}") from None
-    try:
-        text = parser.get("versions", "policy", fallback=None)
-        return version_policy(text) if text else default
-    except (configparser.Error, ValueError) as exc:
-        raise ModelError(f"{manifest}: [versions] policy: {exc}") from None
 
 
 def _default(config: Config, outcome: Outcome) -> str:

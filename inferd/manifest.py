@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import files
+from .config import VersionPolicy, version_policy
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 LAYOUTS = ("NCHW", "NHWC")
@@ -50,17 +51,35 @@ class Manifest:
     softmax: bool
 
 
-def read_manifest(path: Path) -> Manifest:
-    """Parse model.ini; raises ModelError naming the file, section and key."""
+def read_ini(path: Path) -> configparser.ConfigParser | None:
+    """model.ini parsed (None when there is none); raises ModelError naming the file otherwise."""
     parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"))
     try:
         parser.read_string(files.read_text(path), source=str(path))
     except FileNotFoundError:
-        raise ModelError(f"{path}: missing (a model directory needs model.ini)") from None
+        return None
     except (OSError, UnicodeDecodeError) as exc:
         raise ModelError(f"{path}: cannot read the manifest: {os_reason(exc)}") from None
     except configparser.Error as exc:
         raise ModelError(f"{path}: {exc}") from None
+    return parser
+
+
+def read_versions_policy(path: Path, default: VersionPolicy) -> VersionPolicy:
+    """A model directory's [versions] policy, or `default` without one (or without model.ini)."""
+    parser = read_ini(path)
+    try:
+        text = parser.get("versions", "policy", fallback=None) if parser is not None else None
+        return version_policy(text) if text else default
+    except (configparser.Error, ValueError) as exc:
+        raise ModelError(f"{path}: [versions] policy: {exc}") from None
+
+
+def read_manifest(path: Path) -> Manifest:
+    """Parse model.ini; raises ModelError naming the file, section and key."""
+    parser = read_ini(path)
+    if parser is None:
+        raise ModelError(f"{path}: missing (a model directory needs model.ini)")
     try:
         return Manifest(
             name=parser.get("model", "name"),

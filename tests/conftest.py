@@ -104,6 +104,14 @@ def start_daemon(tmp_path):
 
 
 @pytest.fixture
+def tiny_srv(serve, tiny_model_dir):
+    """The tiny model served in this process, its access log off."""
+    from tests.support import config_for
+
+    return serve(config_for(tiny_model_dir, logging={"access_log": "false"}))
+
+
+@pytest.fixture
 def serve():
     """serve(config, reload_model=None) -> an inferd HTTP server on 127.0.0.1:0 in this process,
     its model loaded; reload requests run `reload_model` (default: a real reload of `config`)."""

@@ -1,11 +1,11 @@
-"""Loaded by the schemathesis CLI (SCHEMATHESIS_HOOKS=tests.schemathesis_hooks) in tests/test_openapi.py.
+"""Loaded by the schemathesis CLI (SCHEMATHESIS_HOOKS=tests.schemathesis_hooks) in tests/protocols/test_openapi.py.
 
 What a static document cannot say about inferd's inputs, told to the generator here:
 - which bytes are an image: image/* parts and bodies are real PNG and JPEG files of drawn sizes
   and colours (random bytes would only ever reach the 415 for "not an image");
 - the binary tensor data extension of POST /v2/.../infer (application/octet-stream): its body is a
   JSON header plus tensor bytes, described in text only; those cases are not generated here
-  (tests/test_v2.py drives it with tritonclient);
+  (tests/protocols/test_v2.py drives it with tritonclient);
 - top_k's upper bound, the model's label count (1000 for the default model, 10 for the tiny one):
   a drawn top_k above it is brought down to it, so a valid request stays valid.
 Everything else is generated from /openapi.json as it is.

@@ -26,7 +26,6 @@ class Connection:
     since: float = field(default_factory=time.monotonic)
 
     def send_now(self, data: bytes) -> None:
-        """Best effort, never blocking: an error answer is small and the send buffer is empty."""
         send_now(self.sock, data)
 
     def half_close(self) -> bool:

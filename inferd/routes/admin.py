@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import re
 
 from ..http.errors import HTTPError
 from ..http.grammar import bearer
 from ..http.messages import Request, Response
+from ..names import client_address
 
 
 def guard(request: Request, context) -> None:
@@ -33,12 +33,8 @@ def authorize_admin(token: str, authorization: str | None, client_host: str) -> 
 
 
 def is_loopback(host: str) -> bool:
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    mapped = getattr(address, "ipv4_mapped", None)
-    return (mapped or address).is_loopback
+    address = client_address(host)
+    return address is not None and address.is_loopback
 
 
 def reload(request: Request, call, context) -> Response:

@@ -29,7 +29,7 @@ def layer_of(module: str) -> int:
     for index, (_, prefixes) in enumerate(LAYERS):
         if any(module == p or module.startswith(p + ".") for p in prefixes):
             return index
-    raise AssertionError(f"{module} is in no layer of tests/test_layers.py")
+    raise AssertionError(f"{module} is in no layer of tests/operations/test_layers.py")
 
 
 def module_name(path) -> str:
@@ -74,7 +74,7 @@ def test_no_module_imports_a_layer_above_its_own():
 
 
 def test_the_routes_reach_the_model_only_through_the_service():
-    allowed = ("inferd.http", "inferd.routes", "inferd.service", "inferd.lease")
+    allowed = ("inferd.http", "inferd.routes", "inferd.service", "inferd.lease", "inferd.names")
     reaching = [f"{module} imports {target}" for module, targets in import_graph().items()
                 if module.startswith("inferd.routes") for target in sorted(targets)
                 if target != "inferd" and not target.startswith(allowed)]

@@ -13,12 +13,10 @@ import json
 import os
 import string
 import time
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
-from hypothesis import strategies as st
+from hypothesis import assume, given, HealthCheck, settings, strategies as st
 
 from inferd.http import multipart
 from inferd.http.multipart import (
@@ -33,8 +31,9 @@ from inferd.http.multipart import (
     iter_parts,
     parse_boundary,
 )
+from tests.support import REPO
 
-DATA = Path(__file__).resolve().parent / "data" / "multipart"
+DATA = REPO / "tests" / "data" / "multipart"
 MANIFEST = json.loads((DATA / "manifest.json").read_text(encoding="utf-8"))
 REGRESSIONS = sorted((DATA / "regressions").glob("*.bin"))
 ROOMY = dict(max_body_bytes=1 << 30, max_parts=1000, max_part_bytes=1 << 30)

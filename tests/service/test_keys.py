@@ -10,12 +10,10 @@ import contextlib
 import io
 import json
 import os
-import secrets
 import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -27,8 +25,7 @@ from inferd.config import AuthConfig
 from inferd.keys import Access, KeysFileError, Limited, Limits, TokenBucket, Unauthorized
 from inferd.metrics import Registry
 from inferd.metrics.keys import KeyMetrics
-from inferd.tools import keys as keys_tool
-from inferd.tools import reloadctl
+from inferd.tools import keys as keys_tool, reloadctl
 from tests.support import config_for
 
 

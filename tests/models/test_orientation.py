@@ -13,7 +13,7 @@ from PIL import Image
 
 from inferd.config import KNOWN_FORMATS
 from inferd.imaging import preprocess
-from tests.test_preprocess import LITE0, reference
+from tests.models.test_preprocess import LITE0, reference
 
 # Each orientation's transpose undoes itself, except 6 and 8, which undo each other.
 STORED = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,

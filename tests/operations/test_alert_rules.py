@@ -13,12 +13,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from tests.support import PROMTOOL, REPO, needs_promtool
 
-PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None, reason="promtool not installed (Debian package 'prometheus'; `make system-deps`)")
 
-REPO = Path(__file__).resolve().parent.parent
 RULES_DIR = REPO / "systemd" / "prometheus"
 RULE_FILES = sorted(RULES_DIR.glob("*.rules.yml"))
 UNIT_TESTS = REPO / "tests" / "data" / "prometheus" / "rules.test.yml"

@@ -192,7 +192,7 @@ def test_page_and_document_ship_in_the_wheel(tmp_path):
     assert {"inferd/routes/docs.html", "inferd/routes/docs.py", "inferd/routes/openapi.py"} <= set(names)
 
 
-# -- what schemathesis found (tests/test_openapi_schemathesis.py), kept as regressions ----------------
+# -- what schemathesis found (tests/protocols/test_openapi_schemathesis.py), kept as regressions ----------------
 
 def test_an_empty_query_value_counts_as_absent_as_documented(lite0, images):
     """`GET /metrics?format=` answered JSON while the document allowed only the three names: the

@@ -18,24 +18,23 @@ from PIL import Image
 
 from inferd import keys
 from inferd.routes import docs
-from tests.support import REPO, config_for
-from tests.test_server import Raw
+from tests.support import REPO, config_for, Raw
 
 DOC = docs.openapi_document()
 TOKEN = "s3cret"
 
 # status -> the test that reaches it, for every operation that documents it.
 EXPLAINED = {
-    "403": "tests/test_server.py::test_admin_from_a_real_non_loopback_address",
-    "408": "tests/test_server.py::test_slowloris_is_cut_off",
-    "422": "tests/test_models.py::test_a_model_that_answers_nan_gets_422_never_a_nan_token",
-    "503": "tests/test_server.py::test_beyond_the_request_cap_503_with_retry_after_and_health_still_answers",
+    "403": "tests/http/test_admin.py::test_admin_from_a_real_non_loopback_address",
+    "408": "tests/http/test_caps.py::test_slowloris_is_cut_off",
+    "422": "tests/models/test_repository.py::test_a_model_that_answers_nan_gets_422_never_a_nan_token",
+    "503": "tests/http/test_caps.py::test_beyond_the_request_cap_503_with_retry_after_and_health_still_answers",
 }
 # Route-specific 503s (queue full, decode budget taken) are reached there too.
 EXPLAINED_TOO = {
-    "tests/test_v2.py::test_non_finite_numbers_are_refused_alike_in_json_and_binary_and_never_answered",
-    "tests/test_server.py::test_full_queue_gives_503_at_once",
-    "tests/test_hostile.py::test_an_image_that_could_never_fit_the_budget_is_413_and_a_busy_budget_503",
+    "tests/protocols/test_v2.py::test_non_finite_numbers_are_refused_alike_in_json_and_binary_and_never_answered",
+    "tests/http/test_caps.py::test_full_queue_gives_503_at_once",
+    "tests/models/test_decoding.py::test_an_image_that_could_never_fit_the_budget_is_413_and_a_busy_budget_503",
 }
 
 

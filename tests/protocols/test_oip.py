@@ -1,6 +1,6 @@
 """Every way an Open Inference Protocol request can be refused (inferd/routes/oip.py), one case
 each, without sockets: the error's status and message. `make coverage` showed most of these
-branches unreached by the fuzz test of tests/test_v2.py, which draws mostly well-formed shapes
+branches unreached by the fuzz test of tests/protocols/test_v2.py, which draws mostly well-formed shapes
 (issue 14)."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ CASES = [
     ("wrong input name", fp32(name="x"), b"", 400, "the input must be named 'input', got 'x'"),
     ("unknown datatype", fp32(datatype="INT8"), b"", 400, "input datatype must be FP32"),
     # Was a 500: a list is not hashable, and `in DATATYPES` raised TypeError (found by
-    # tests/test_v2.py's fuzz during `make coverage`).
+    # tests/protocols/test_v2.py's fuzz during `make coverage`).
     ("datatype a list", fp32(datatype=["FP32"]), b"", 400, "input datatype must be FP32"),
     ("datatype an object", fp32(datatype={"FP32": 1}), b"", 400, "input datatype must be FP32"),
     ("shape not a list", fp32(shape="1,1,2,2"), b"", 400, '"shape" must be a non-empty list of integers'),

@@ -12,8 +12,7 @@ import struct
 import numpy as np
 import pytest
 import requests
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import given, HealthCheck, settings, strategies as st
 from PIL import Image
 
 from inferd.routes import oip

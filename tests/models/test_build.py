@@ -25,12 +25,14 @@ import onnxruntime as ort  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.support import REPO  # noqa: E402
+
 sys.path.insert(0, str(REPO / "models"))
 
 import build  # noqa: E402
 import onnx_graphs  # noqa: E402
 import torch_legacy  # noqa: E402
+from tests.support import REPO
 
 MANIFEST_KEYS = {
     "model": {"name"}, "output": {"softmax"},

@@ -13,7 +13,6 @@ import http.client
 import json
 import math
 import random
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from inferd.metrics import CONTENT_TYPE_JSON, CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT
+from tests.support import PROMTOOL, needs_promtool
 
 # What Debian's prometheus 2.42 sends on every scrape (captured from the real binary, User-Agent
 # "Prometheus/2.42.0+ds"); tests/system/test_prometheus.py proves that server gets OpenMetrics.
@@ -35,9 +35,6 @@ CHROME_ACCEPT = ("text/html,application/xhtml+xml,application/xml;q=0.9,image/av
                  "image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7")
 NOT_AN_IMAGE = b"GIF89a but not really: a truncated header and nothing else"
 
-PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None, reason="promtool not installed (Debian package 'prometheus'; `make system-deps`)")
 
 
 @dataclass
@@ -180,7 +177,7 @@ def test_strict_openmetrics_parser_reads_every_family_filled_by_real_traffic(liv
     assert status == 200
     families = families_by_name(parse_openmetrics(body.decode()))
     # Every family inferd exports has samples after traffic and a reload: none is wired to nothing
-    # (the per-key families only have series with API keys on: tests/test_keys.py).
+    # (the per-key families only have series with API keys on: tests/service/test_keys.py).
     assert {name for name, f in families.items() if not f.samples} == {"inferd_key_requests", "inferd_key_images"}
     for name in ("inferd_http_request_duration_seconds", "inferd_preprocess_seconds",
                  "inferd_queue_wait_seconds", "inferd_inference_seconds"):

@@ -125,10 +125,18 @@ def test_limit_on_the_tiny_model(tiny_model_dir, cat, capsys):
 
 
 def test_limit_counts_images_not_calls(tiny_model_dir, images):
-    calls = []
-    rate, median = bench.images_per_second(lambda size: calls.append(size), 4, None, 10)
+    calls, spent = [], []
+
+    def classify(size):
+        began = time.perf_counter()
+        calls.append(size)
+        time.sleep(0.002 * len(calls))  # calls of 2, 4, 6 and 8 ms
+        spent.append(time.perf_counter() - began)
+    rate, median = bench.images_per_second(classify, 4, None, 10)
     assert calls == [4, 4, 4, 4]  # one warm-up call, then ceil(10 / 4) timed calls
-    assert rate > 0 and median >= 0
+    timed = spent[1:]  # the warm-up is not timed
+    assert rate == pytest.approx(12 / sum(timed), rel=0.05)  # images per second, not calls
+    assert median == pytest.approx(sorted(timed)[1], rel=0.05)
 
 
 def _served(server, expected: int = 0, timeout: float = 5.0) -> int:

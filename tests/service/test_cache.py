@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from inferd.cache import ResponseCache
-from tests.support import config_for, start_in_process
+from tests.support import config_for
 
 ROW_BYTES = 4000 + 112 + 65 + 160  # a 1000-class float32 row (owning), a 32-byte key, the entry
 

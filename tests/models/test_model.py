@@ -14,8 +14,7 @@ from PIL import Image
 
 from tests.support import REPO, config_for
 from inferd import cpus, model
-from inferd.manifest import read_manifest
-from inferd.manifest import ModelError
+from inferd.manifest import ModelError, read_manifest
 
 
 def load(directory: Path, **kwargs) -> model.Model:

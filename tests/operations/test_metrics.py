@@ -3,7 +3,6 @@ JSON/text agreement, exact counts under threads, and /proc process metrics."""
 
 import json
 import math
-import shutil
 import subprocess
 import sys
 import threading
@@ -11,8 +10,7 @@ import time
 from http import HTTPStatus
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
@@ -21,7 +19,7 @@ from inferd.metrics import (
     CONTENT_TYPE_JSON, CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, Counter, Gauge, Histogram,
     LoadedVersion, Registry, format_openmetrics, format_text, negotiate, render,
 )
-from tests.support import new_metrics
+from tests.support import PROMTOOL, needs_promtool, new_metrics
 
 HELP = 'Requests with "quotes", a back\\slash\nand a newline.'
 NASTY = 'a"b\\c\nd'
@@ -338,9 +336,6 @@ def test_observe_image_rejects_unknown_outcomes():
 
 # -- promtool -----------------------------------------------------------------------------------
 
-PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None, reason="promtool not installed (apt-get install prometheus)")
 
 
 def promtool_check(text):

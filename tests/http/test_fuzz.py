@@ -14,19 +14,17 @@ import logging
 import re
 import socket
 import time
-from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import given, HealthCheck, settings, strategies as st
 from PIL import Image
 
 from inferd.http import multipart
 from inferd.http.errors import HTTPError
 from inferd.routes import uploads
-from tests.support import config_for, start_in_process
+from tests.support import REPO, config_for, start_in_process
 
-REGRESSIONS = Path(__file__).parent / "data" / "http-regressions"
+REGRESSIONS = REPO / "tests" / "data" / "http-regressions"
 STUCK_AFTER = 5.0
 _STATUS = re.compile(rb"HTTP/1\.1 (\d{3}) [^\r\n]*\r\n")
 

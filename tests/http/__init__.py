@@ -1,0 +1,1 @@
+"""The HTTP layer: heads, routing, bodies, connections, caps and slow clients, admin."""

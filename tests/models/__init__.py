@@ -1,0 +1,1 @@
+"""Models and reloads: building, loading, the repository, the batcher, preprocessing and decoding."""

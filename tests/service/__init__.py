@@ -1,0 +1,1 @@
+"""The service: the response cache, API keys and rate limits."""
