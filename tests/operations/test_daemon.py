@@ -200,7 +200,9 @@ def stop_seconds(daemon) -> tuple[int, float]:
     started = time.monotonic()
     daemon.signal(signal.SIGTERM)
     code = daemon.proc.wait(30)
-    return code, time.monotonic() - started
+    seconds = time.monotonic() - started
+    print(f"exit {code} {seconds:.2f} s after SIGTERM")
+    return code, seconds
 
 
 def test_labels_replaced_by_a_fifo_fail_their_model_at_once_and_sigterm_is_obeyed(start_daemon, tmp_path,
